@@ -1,0 +1,164 @@
+"""``python -m lightning_metarl {fit,validate,test}``: the LightningCLI of the package.
+
+Defaults on top of Lightning's:
+
+- the model is any :class:`~lightning_metarl.algorithms.MetaRLModule` subclass, picked with
+  ``model.class_path`` in the config (``--model MAML`` on the command line);
+- TensorBoard logs go to ``runs/<config name>/version_<n>/`` with the resolved config beside
+  them; checkpoints to its ``checkpoints/`` folder (``last.ckpt`` every epoch);
+- ``--ckpt_path last`` resumes the newest run of that config name, in its own folder;
+- errors caused by bad input (unknown task family, corrupt checkpoint, ...) are printed on one
+  screen without a traceback, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_metarl.algorithms import MetaRLModule
+from lightning_metarl.errors import CheckpointError, MetaRLError
+
+DEFAULT_RUN_NAME = "default"
+CONFIG_NAME = "config.yaml"
+
+
+def _silence_known_warnings() -> None:
+    """Hide warnings that do not apply to on-policy meta-RL (no dataset, no workers)."""
+    for pattern in (
+        r".*does not have many workers.*",
+        r".*isinstance\(treespec, LeafSpec\).*",
+        r".*LeafSpec.*deprecated.*",
+        r".*The number of training batches.*smaller than the logging interval.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+class MetaRLCLI(LightningCLI):
+    """LightningCLI with the package's defaults (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault(
+            "parser_kwargs",
+            {cmd: {"usage": f"python -m lightning_metarl {cmd} [-c CONFIG] [--key value ...]  (--help lists the keys)"}
+             for cmd in ("fit", "validate", "test", "predict")},
+        )
+        kwargs.setdefault("trainer_defaults", {})
+        kwargs["trainer_defaults"] = {
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": DEFAULT_RUN_NAME},
+            },
+            "log_every_n_steps": 1,
+            "accelerator": "auto",
+            "devices": 1,
+            "max_epochs": 100,
+            **kwargs["trainer_defaults"],
+        }
+        super().__init__(MetaRLModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
+
+    # ------------------------------------------------------------------ run naming and resuming
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then name the run after the config file and resolve/check ``--ckpt_path``."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand is not None:
+            self._resolve_run(self.config[subcommand])
+
+    def _resolve_run(self, config: Any) -> None:
+        logger = config.trainer.get("logger")
+        logger_args = _tensorboard_init_args(logger)
+        if logger_args is not None and logger_args.get("name") == DEFAULT_RUN_NAME:
+            config_files = config.get("config") or []
+            if config_files:
+                logger_args["name"] = Path(str(config_files[-1])).stem
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            if logger_args is None:
+                raise CheckpointError("--ckpt_path last needs the TensorBoard logger to find the run folder")
+            run_dir = Path(logger_args.get("save_dir", "runs")) / logger_args["name"]
+            version, last = _newest_last_checkpoint(run_dir)
+            logger_args["version"] = version
+            config["ckpt_path"] = str(last)
+            # The run folder already holds config.yaml: save this run's config beside it.
+            k = 1
+            while (last.parent.parent / f"config_resume_{k}.yaml").exists():
+                k += 1
+            self.save_config_kwargs["config_filename"] = f"config_resume_{k}.yaml"
+        elif ckpt_path is not None:
+            _check_checkpoint(Path(ckpt_path))
+
+
+def _tensorboard_init_args(logger: Any) -> dict[str, Any] | None:
+    if logger is None or logger is False or logger is True:
+        return None
+    class_path = logger.get("class_path", "") if hasattr(logger, "get") else ""
+    if not class_path.endswith("TensorBoardLogger"):
+        return None
+    if logger.get("init_args") is None:
+        logger["init_args"] = {}
+    return logger["init_args"]
+
+
+def _newest_last_checkpoint(run_dir: Path) -> tuple[int | str, Path]:
+    """The version folder under ``run_dir`` with the newest ``checkpoints/last.ckpt``."""
+    candidates = sorted(run_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(f"--ckpt_path last: no checkpoints/last.ckpt under {run_dir}/ (nothing to resume)")
+    last = candidates[-1]
+    name = last.parent.parent.name
+    version: int | str = int(name.removeprefix("version_")) if name.removeprefix("version_").isdigit() else name
+    _check_checkpoint(last)
+    return version, last
+
+
+def _check_checkpoint(path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is a readable checkpoint of this package."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any failure to read is a corrupt file for the user
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {err})") from None
+    missing = [k for k in ("state_dict", "loops", "lightning_metarl_rng") if k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} was not written by lightning_metarl (missing {', '.join(missing)})")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``python -m lightning_metarl``; exits with status 2 on bad input."""
+    _silence_known_warnings()
+    try:
+        MetaRLCLI(args=args)
+    except Exception as err:
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _user_error(err: BaseException) -> MetaRLError | None:
+    """The :class:`MetaRLError` that ``err`` is or was raised from (parsers wrap them), if any."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, MetaRLError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""Task families as natively batched TorchRL environments.
+
+>>> from lightning_metarl import envs
+>>> env = envs.make("Point-Corner", n_tasks=4, rollouts_per_task=2, horizon=10)
+>>> env.batch_size
+torch.Size([4, 2])
+"""
+
+from lightning_metarl.envs import point  # noqa: F401  (registers the point families)
+from lightning_metarl.envs.base import BatchedMetaEnv
+from lightning_metarl.envs.registry import available, family, make, register
+
+__all__ = ["BatchedMetaEnv", "available", "family", "make", "register"]

@@ -1,0 +1,120 @@
+"""2D point-robot task families, stepped in vectorized torch.
+
+``Point-Corner`` is the sparse corner-goal point env of ProMP (seed 000, Figures 3-4; see
+``ENVIRONMENTS.md`` of the reference definitions): the state is the 2D position, reset uniform
+in ``[-0.2, 0.2]^2``; the action is clipped to ``+-0.2`` per axis and added to the position; an
+episode never terminates. A task is one of the four corners ``(+-2, +-2)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+
+from lightning_metarl.envs.base import BatchedMetaEnv
+from lightning_metarl.envs.registry import register
+from lightning_metarl.errors import ConfigError, TaskError
+
+CORNERS = torch.tensor([[-2.0, -2.0], [2.0, -2.0], [-2.0, 2.0], [2.0, 2.0]])
+
+
+def corner_reward(
+    position: torch.Tensor,
+    next_position: torch.Tensor,
+    goal: torch.Tensor,
+    reward_type: str = "sparse",
+    sparse_radius: float = 0.5,
+) -> torch.Tensor:
+    """Reward of a step ``position -> next_position`` for corner ``goal`` (all ``[..., 2]``).
+
+    Sparse: 0 while the L1 distance of ``next_position`` from the origin is below
+    ``sparse_radius``; beyond it, if ``goal`` is the corner nearest to ``next_position``, the
+    decrease of the Euclidean distance to the goal, ``|p - g| - |p' - g|``; else 0. Summed over
+    an episode the sparse rewards telescope to (distance at the last unrewarded step) minus
+    (final distance). Dense: ``-|p' - g|``.
+    """
+    next_distance = (next_position - goal).norm(dim=-1)
+    if reward_type == "dense":
+        return -next_distance
+    corners = CORNERS.to(next_position)
+    nearest = (next_position.unsqueeze(-2) - corners).norm(dim=-1).argmin(dim=-1)
+    goal_is_nearest = (corners[nearest] == goal).all(dim=-1)
+    outside = next_position.abs().sum(dim=-1) >= sparse_radius
+    progress = (position - goal).norm(dim=-1) - next_distance
+    return torch.where(outside & goal_is_nearest, progress, torch.zeros_like(progress))
+
+
+@register("Point-Corner")
+class PointCorner(BatchedMetaEnv):
+    """Batched 2D point robot whose task is to reach one of four corners (ProMP's sparse point env).
+
+    Args:
+        reward_type: ``"sparse"`` (default, the paper's setting) or ``"dense"`` (negative
+            distance to the goal); see :func:`corner_reward`.
+        sparse_radius: L1 radius around the origin inside which the sparse reward is 0.
+        max_action: per-axis clip of the action (the step size).
+        **kwargs: see :class:`~lightning_metarl.envs.base.BatchedMetaEnv`.
+
+    Tasks: ``TensorDict({"goal": [n, 2]})`` with every goal one of ``(+-2, +-2)``.
+    """
+
+    observation_dim = 2
+    action_dim = 2
+    REWARD_TYPES = ("sparse", "dense")
+
+    def __init__(
+        self,
+        n_tasks: int,
+        rollouts_per_task: int,
+        horizon: int = 100,
+        reward_type: str = "sparse",
+        sparse_radius: float = 0.5,
+        max_action: float = 0.2,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if reward_type not in self.REWARD_TYPES:
+            raise ConfigError(f"Point-Corner: reward_type must be one of {self.REWARD_TYPES}, got {reward_type!r}")
+        self.reward_type = reward_type
+        self.sparse_radius = float(sparse_radius)
+        self.max_action = float(max_action)
+        super().__init__(n_tasks, rollouts_per_task, horizon, seed=seed, device=device)
+        self.position = torch.zeros((*self.batch_size, 2), device=self.device)
+
+    def action_bounds(self) -> tuple[float, float]:
+        return -self.max_action, self.max_action
+
+    @classmethod
+    def sample_tasks(cls, n: int, generator: torch.Generator, **family_kwargs: Any) -> TensorDict:
+        """``n`` goals drawn uniformly from the four corners."""
+        index = torch.randint(len(CORNERS), (n,), generator=generator)
+        return TensorDict({"goal": CORNERS[index].clone()}, batch_size=[n])
+
+    @classmethod
+    def validate_tasks(cls, tasks: TensorDictBase, **family_kwargs: Any) -> None:
+        if "goal" not in tasks.keys():
+            raise TaskError(f"Point-Corner: tasks need a 'goal' entry, got keys {sorted(tasks.keys())}")
+        goal = tasks.get("goal")
+        if goal.shape[-1:] != torch.Size([2]):
+            raise TaskError(f"Point-Corner: goal must have shape [n, 2], got {list(goal.shape)}")
+        is_corner = (goal.unsqueeze(-2) == CORNERS.to(goal)).all(-1).any(-1)
+        if not is_corner.all():
+            raise TaskError(
+                f"Point-Corner: every goal must be a corner (+-2, +-2); got {goal[~is_corner][:3].tolist()}"
+            )
+
+    def _reset_copies(self, reset_mask: torch.Tensor) -> None:
+        noise = torch.rand((*self.batch_size, 2), generator=self.rng, device=self.device) * 0.4 - 0.2
+        self.position = torch.where(reset_mask.unsqueeze(-1), noise, self.position)
+
+    def _observation(self) -> torch.Tensor:
+        return self.position.clone()
+
+    def _advance(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        position = self.position
+        self.position = position + action.clamp(-self.max_action, self.max_action)
+        goal = self.tasks.get("goal").unsqueeze(1)
+        reward = corner_reward(position, self.position, goal, self.reward_type, self.sparse_radius)
+        return reward, torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)

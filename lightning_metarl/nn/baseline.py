@@ -1,0 +1,74 @@
+"""The linear feature baseline of the reference implementations, fitted for all tasks at once."""
+
+from __future__ import annotations
+
+import torch
+
+
+def linear_baseline_features(observation: torch.Tensor, time_scale: float = 100.0) -> torch.Tensor:
+    """Features ``[o, o^2, t, t^2, t^3, 1]`` of observations ``[..., T, obs_dim]``.
+
+    ``o`` is clipped to ``+-10`` and ``t = step / time_scale`` (reference: ``t = step / 100``).
+    """
+    o = observation.clamp(-10.0, 10.0)
+    horizon = observation.shape[-2]
+    t = (torch.arange(horizon, dtype=o.dtype, device=o.device) / time_scale).unsqueeze(-1)
+    t = t.expand(*o.shape[:-1], 1)
+    return torch.cat([o, o * o, t, t * t, t * t * t, torch.ones_like(t)], dim=-1)
+
+
+def fit_linear_baseline(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    reg_coeff: float = 1e-5,
+    max_tries: int = 5,
+) -> torch.Tensor:
+    """Ridge regression of ``targets`` on ``features`` for every task at once.
+
+    Args:
+        features: ``[n_tasks, N, F]`` (N samples of a task: rollouts x time, flattened).
+        targets: ``[n_tasks, N]``, the discounted returns.
+        mask: ``[n_tasks, N]``, 1 for samples that enter the fit.
+        reg_coeff: ridge regulariser; multiplied by 10 for the tasks whose fit is not finite,
+            up to ``max_tries`` attempts (the reference's fallback).
+
+    Returns:
+        Coefficients ``[n_tasks, F]`` solving ``(X^T X + reg I) w = X^T y`` in float64; a task
+        still non-finite after ``max_tries`` gets zeros (the baseline then predicts 0).
+    """
+    x = features.double() * mask.double().unsqueeze(-1)
+    y = targets.double() * mask.double()
+    gram = x.transpose(-1, -2) @ x
+    rhs = (x.transpose(-1, -2) @ y.unsqueeze(-1)).squeeze(-1)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    reg = torch.full(gram.shape[:-2], float(reg_coeff), dtype=gram.dtype, device=gram.device)
+    coeffs = torch.zeros_like(rhs)
+    todo = torch.ones(gram.shape[:-2], dtype=torch.bool, device=gram.device)
+    for _ in range(max_tries):
+        a = gram[todo] + reg[todo, None, None] * eye
+        solution = torch.linalg.lstsq(a, rhs[todo].unsqueeze(-1)).solution.squeeze(-1)
+        ok = torch.isfinite(solution).all(-1)
+        index = todo.nonzero().squeeze(-1)
+        coeffs[index[ok]] = solution[ok]
+        todo[index[ok]] = False
+        if not todo.any():
+            break
+        reg = torch.where(todo, reg * 10, reg)
+    return coeffs.to(features.dtype)
+
+
+def linear_baseline_values(
+    observation: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, reg_coeff: float = 1e-5
+) -> torch.Tensor:
+    """Fit the linear feature baseline per task and predict it on the same samples.
+
+    ``observation`` is ``[n_tasks, rollouts, T, obs_dim]``; ``returns`` and ``mask`` are
+    ``[n_tasks, rollouts, T]``. Returns the values ``[n_tasks, rollouts, T]`` (0 on padding).
+    The reference refits the baseline on every batch, so it carries no state across iterations.
+    """
+    n_tasks = observation.shape[0]
+    features = linear_baseline_features(observation)
+    flat = features.reshape(n_tasks, -1, features.shape[-1])
+    coeffs = fit_linear_baseline(flat, returns.reshape(n_tasks, -1), mask.reshape(n_tasks, -1), reg_coeff)
+    return (features @ coeffs[:, None, :, None]).squeeze(-1) * mask

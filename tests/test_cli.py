@@ -1,0 +1,106 @@
+"""The real entry point on tiny budgets: training, logging, reproducibility, resuming, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import POINT_CONFIG, TINY
+
+from lightning_metarl.cli import main
+from lightning_metarl.evaluation import read_scalars
+
+REQUIRED_TAGS = {
+    "return/pre_update", "return/post_update", "loss/outer", "policy/entropy",
+    "perf/env_steps_per_s", "perf/iteration_s",
+}
+# Scalars that must agree bit for bit between runs (timings differ).
+DETERMINISTIC_TAGS = ("return/pre_update", "return/post_update", "loss/outer", "policy/entropy")
+
+
+def fit(*extra: str, epochs: int = 2, iterations_per_epoch: int = 1, seed: int = 5) -> None:
+    main([
+        "fit", "--config", str(POINT_CONFIG), *TINY,
+        "--seed_everything", str(seed),
+        "--trainer.max_epochs", str(epochs),
+        "--model.init_args.iterations_per_epoch", str(iterations_per_epoch),
+        *extra,
+    ])
+
+
+def deterministic(curves: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
+    return {tag: curves[tag] for tag in DETERMINISTIC_TAGS}
+
+
+def test_fit_logs_scalars_config_and_checkpoints(in_tmp: Path):
+    fit()
+    run = in_tmp / "runs" / "point_corner_maml" / "version_0"
+    curves = read_scalars(run)
+    assert REQUIRED_TAGS <= set(curves)
+    assert sorted(curves["return/post_update"]) == [0, 1]
+    assert all(v > 0 for v in curves["perf/env_steps_per_s"].values())
+    assert (run / "config.yaml").is_file()
+    assert "Point-Corner" in (run / "config.yaml").read_text()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["state_dict"]["iteration"].item() == 2
+
+
+def test_same_seed_same_metrics_other_seed_differs(in_tmp: Path):
+    fit(seed=11)
+    fit(seed=11)
+    fit(seed=12)
+    runs = [deterministic(read_scalars(in_tmp / "runs" / "point_corner_maml" / f"version_{k}")) for k in range(3)]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_resume_equals_uninterrupted_run(in_tmp: Path):
+    fit("--trainer.logger.init_args.name", "straight", epochs=4)
+    fit("--trainer.logger.init_args.name", "resumed", epochs=2)
+    fit("--trainer.logger.init_args.name", "resumed", "--ckpt_path", "last", epochs=4)
+    straight = deterministic(read_scalars(in_tmp / "runs" / "straight" / "version_0"))
+    resumed_dir = in_tmp / "runs" / "resumed" / "version_0"
+    resumed = deterministic(read_scalars(resumed_dir))
+    assert sorted(resumed["return/post_update"]) == [0, 1, 2, 3]
+    assert resumed == straight
+    assert (resumed_dir / "config.yaml").is_file() and (resumed_dir / "config_resume_1.yaml").is_file()
+    assert not (in_tmp / "runs" / "resumed" / "version_1").exists()
+
+
+def run_main_expecting_exit(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as excinfo:
+        main(args)
+    assert excinfo.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) <= 25, "error message must fit on one screen"
+    return err
+
+
+def test_bad_input_exits_with_a_short_message(in_tmp: Path, capsys):
+    base = ["fit", "--config", str(POINT_CONFIG), *TINY]
+    err = run_main_expecting_exit(capsys, [*base, "--model.init_args.env", "Point-Cornr"])
+    assert "unknown task family 'Point-Cornr'" in err and "Point-Corner" in err
+    err = run_main_expecting_exit(capsys, [*base, "--model.init_args.inner_lrr", "0.1"])
+    assert "inner_lrr" in err
+    err = run_main_expecting_exit(capsys, [*base, "--model.init_args.horizon", "ten"])
+    assert "horizon" in err
+    err = run_main_expecting_exit(capsys, ["fit", "--config", "conf/missing.yaml"])
+    assert "missing.yaml" in err and "does not exist" in err
+    err = run_main_expecting_exit(capsys, [*base, "--model.init_args.horizon", "-3"])
+    assert "horizon" in err
+    err = run_main_expecting_exit(capsys, [*base, "--ckpt_path", "last"])
+    assert "nothing to resume" in err
+    assert not (in_tmp / "runs").exists() or not any((in_tmp / "runs").rglob("*.ckpt"))
+
+
+def test_corrupt_checkpoint_is_rejected_and_left_untouched(in_tmp: Path, capsys):
+    fit(epochs=1)
+    last = in_tmp / "runs" / "point_corner_maml" / "version_0" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100])
+    truncated = last.read_bytes()
+    err = run_main_expecting_exit(capsys, ["fit", "--config", str(POINT_CONFIG), *TINY, "--ckpt_path", "last"])
+    assert "corrupt" in err and "last.ckpt" in err
+    assert last.read_bytes() == truncated
+    assert sorted(p.name for p in (in_tmp / "runs" / "point_corner_maml").iterdir()) == ["version_0"]
