@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lightning_metarl.algorithms import MAML
@@ -40,21 +41,23 @@ def test_batched_inner_step_equals_per_task_loop():
     assert not torch.allclose(adapted["log_std"][0], adapted["log_std"][1])
 
 
-def test_meta_gradient_matches_finite_differences():
-    module = tiny_maml(num_inner_steps=2)
+@pytest.mark.parametrize("learn_inner_lr", [False, True])
+def test_meta_gradient_matches_finite_differences(learn_inner_lr: bool):
+    module = tiny_maml(num_inner_steps=2, learn_inner_lr=learn_inner_lr)
     module.env.set_tasks(module.sample_tasks())
     params = module.policy_params().expand(3)
     batches = []
     for _ in range(3):  # two pre-update batches, then the post-update one
         batches.append(module.collect(params))
         params = module.inner_step(params, batches[-1], create_graph=False)
-    module.policy.double()
+    module.double()
     inner, post = [to_double(b) for b in batches[:2]], to_double(batches[2])
 
     def objective() -> torch.Tensor:
         return module.outer_loss(inner, post)
 
-    parameters = list(module.policy.parameters())
+    parameters = list(module.parameters())  # the policy and, if learned, the inner step sizes
+    assert len(parameters) == (14 if learn_inner_lr else 7)
     meta_grad = torch.autograd.grad(objective(), parameters)
 
     # first-order MAML (no gradient through the inner step) for contrast
@@ -63,6 +66,7 @@ def test_meta_gradient_matches_finite_differences():
     post_loss = vpg_loss(module.log_prob(adapted, post), post["advantage"], post["mask"]).mean()
     keys = [tuple(name.split(".")) for name, _ in module.policy.named_parameters()]
     first_order = [g.sum(0) for g in torch.autograd.grad(post_loss, [adapted.get(k) for k in keys])]
+    first_order += [torch.zeros_like(p) for p in parameters[len(first_order):]]
 
     generator = torch.Generator().manual_seed(1)
     eps = 1e-6

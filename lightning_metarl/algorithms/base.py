@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from lightning import LightningModule
 from tensordict import TensorDictBase
+from tensordict.nn import TensorDictParams
 from torch.utils.data import DataLoader
 
 from lightning_metarl import envs
@@ -57,6 +58,9 @@ class MetaRLModule(LightningModule):
         hidden_sizes: policy MLP widths (reference: 64 x 64).
         activation: policy nonlinearity (reference: tanh).
         init_std: initial policy standard deviation (reference: 1.0).
+        learn_inner_lr: meta-learn a step size per policy parameter entry (Meta-SGD style,
+            initialised to ``inner_lr``) with the outer update; otherwise alpha is the constant
+            ``inner_lr``.
         iterations_per_epoch: meta-iterations per Lightning epoch (checkpoints are written at
             epoch ends, so this is also the checkpoint period); train for
             ``trainer.max_epochs * iterations_per_epoch`` meta-iterations.
@@ -78,6 +82,7 @@ class MetaRLModule(LightningModule):
         hidden_sizes: Sequence[int] = (64, 64),
         activation: str = "tanh",
         init_std: float = 1.0,
+        learn_inner_lr: bool = False,
         iterations_per_epoch: int = 10,
     ) -> None:
         super().__init__()
@@ -97,6 +102,10 @@ class MetaRLModule(LightningModule):
         self.task_rng = torch.Generator().manual_seed(task_seed)
         self.action_rng = torch.Generator().manual_seed(action_seed)
         self.policy = self.build_policy()
+        self.inner_step_sizes: TensorDictParams | None = None
+        if learn_inner_lr:
+            sizes = self.policy_params().detach().apply(lambda p: torch.full_like(p, float(inner_lr)))
+            self.inner_step_sizes = TensorDictParams(sizes)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
     env: BatchedMetaEnv
@@ -164,8 +173,14 @@ class MetaRLModule(LightningModule):
         grads = torch.autograd.grad(loss, [task_params.get(k) for k in keys], create_graph=create_graph)
         adapted = task_params.clone(recurse=False)
         for key, grad in zip(keys, grads):
-            adapted.set(key, task_params.get(key) - self.hparams.inner_lr * grad)
+            adapted.set(key, task_params.get(key) - self.inner_step_size(key) * grad)
         return adapted if create_graph else adapted.detach()
+
+    def inner_step_size(self, key: tuple[str, ...] | str) -> torch.Tensor | float:
+        """alpha for the parameter ``key``: a learned tensor of its shape, or the constant ``inner_lr``."""
+        if self.inner_step_sizes is None:
+            return self.hparams.inner_lr
+        return self.inner_step_sizes.get(key)
 
     def adapt(self, params: TensorDictBase, batches: Sequence[TensorDictBase], create_graph: bool = True) -> TensorDictBase:
         """The adapted per-task parameters after one inner step on each of ``batches`` in turn."""
@@ -230,7 +245,8 @@ class MetaRLModule(LightningModule):
 
     # ------------------------------------------------------------------ Lightning plumbing
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.policy.parameters(), lr=self.hparams.outer_lr)
+        """Adam over the meta-parameters: the policy and, if learned, the inner step sizes."""
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.outer_lr)
 
     def train_dataloader(self) -> DataLoader:
         """``iterations_per_epoch`` meta-iteration indices: the data come from the env, not a dataset."""
