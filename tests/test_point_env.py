@@ -77,6 +77,25 @@ def test_sparse_return_telescopes():
     assert torch.all(final < 1e-5) and torch.all((total - 2.5).abs() < 0.3)
 
 
+def test_sparse_reward_pays_for_crossing_the_region_border():
+    """The reference definition gates on the next position only: zig-zagging across x = 0 pays."""
+    env = make_env("sparse", n_tasks=1, rollouts=1, horizon=40)
+    env.set_tasks(TensorDict({"goal": torch.tensor([[2.0, 2.0]])}, batch_size=[1]))
+    td = env.reset()
+    env.position = torch.tensor([[[0.1, 1.9]]])
+    rewards = []
+    for t in range(40):
+        action = torch.tensor([[[-0.2 if t % 2 == 0 else 0.2, 0.0]]])
+        td = env.step(td.set("action", action))
+        rewards.append(td["next", "reward"].item())
+        td = td["next"]
+    out_steps, in_steps = rewards[0::2], rewards[1::2]
+    assert all(r == 0.0 for r in out_steps)
+    gain = math.hypot(2.1, 0.1) - math.hypot(1.9, 0.1)
+    assert in_steps == pytest.approx([gain] * 20, abs=1e-5)
+    assert sum(rewards) > 3.9  # far above the 2.5 of the straight path, with no net progress
+
+
 def test_check_env_specs_and_episode_end():
     env = make_env(n_tasks=3, rollouts=2, horizon=4)
     env.set_tasks(env.sample_tasks(3, torch.Generator().manual_seed(0)))

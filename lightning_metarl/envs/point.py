@@ -31,9 +31,16 @@ def corner_reward(
 
     Sparse: 0 while the L1 distance of ``next_position`` from the origin is below
     ``sparse_radius``; beyond it, if ``goal`` is the corner nearest to ``next_position``, the
-    decrease of the Euclidean distance to the goal, ``|p - g| - |p' - g|``; else 0. Summed over
-    an episode the sparse rewards telescope to (distance at the last unrewarded step) minus
-    (final distance). Dense: ``-|p' - g|``.
+    decrease of the Euclidean distance to the goal, ``|p - g| - |p' - g|``; else 0. Dense:
+    ``-|p' - g|``. Both gates look at ``next_position`` only, as in the reference code.
+
+    Along a path that stays in the goal's region the sparse rewards telescope to (distance at the
+    last unrewarded step) minus (final distance), about 2.5 for the straight path. They do not
+    telescope for paths that leave the region: a step out of it (across the L1 radius or into
+    another corner's Voronoi cell) is free while the step back in is paid its progress, so a
+    policy that zig-zags across the region's border collects about 0.1 per step (about 10 over
+    H = 100). Learners find this (MAML-VPG reaches about 9.7 post-update), so returns above 2.5
+    on this task mean the border is being exploited, not that the goal was reached.
     """
     next_distance = (next_position - goal).norm(dim=-1)
     if reward_type == "dense":
