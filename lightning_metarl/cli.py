@@ -57,6 +57,8 @@ class MetaRLCLI(LightningCLI):
                 "init_args": {"save_dir": "runs", "name": DEFAULT_RUN_NAME},
             },
             "log_every_n_steps": 1,
+            "inference_mode": False,  # meta-test adaptation differentiates the inner objective
+            "num_sanity_val_steps": 0,
             "accelerator": "auto",
             "devices": 1,
             "max_epochs": 100,

@@ -104,3 +104,17 @@ def test_corrupt_checkpoint_is_rejected_and_left_untouched(in_tmp: Path, capsys)
     assert "corrupt" in err and "last.ckpt" in err
     assert last.read_bytes() == truncated
     assert sorted(p.name for p in (in_tmp / "runs" / "point_corner_maml").iterdir()) == ["version_0"]
+
+
+def test_validate_and_test_adapt_on_held_out_tasks(in_tmp: Path):
+    fit(epochs=1)
+    run = in_tmp / "runs" / "point_corner_maml" / "version_0"
+    assert {"val/return/pre_update", "val/return/post_update"} <= set(read_scalars(run))
+    last = run / "checkpoints" / "last.ckpt"
+    for command in ("validate", "test"):
+        main([command, "--config", str(POINT_CONFIG), *TINY, "--ckpt_path", str(last)])
+    evaluated = [read_scalars(p) for p in sorted((in_tmp / "runs" / "point_corner_maml").glob("version_*"))[1:]]
+    assert "val/return/post_update" in evaluated[0] and "test/return/post_update" in evaluated[1]
+    # the same checkpoint and held-out tasks give the same numbers as the end-of-epoch validation
+    fit_value = read_scalars(run)["val/return/post_update"]
+    assert list(evaluated[0]["val/return/post_update"].values()) == list(fit_value.values())

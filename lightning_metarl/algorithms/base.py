@@ -64,6 +64,10 @@ class MetaRLModule(LightningModule):
         iterations_per_epoch: meta-iterations per Lightning epoch (checkpoints are written at
             epoch ends, so this is also the checkpoint period); train for
             ``trainer.max_epochs * iterations_per_epoch`` meta-iterations.
+        eval_batches: held-out meta-batches (of ``meta_batch_size`` tasks) evaluated by
+            ``validate``/``test`` and after every epoch of ``fit`` (``--trainer.limit_val_batches 0``
+            turns that off).
+        eval_seed: seed of the held-out tasks (a set of its own, never used for training).
     """
 
     def __init__(
@@ -84,6 +88,8 @@ class MetaRLModule(LightningModule):
         init_std: float = 1.0,
         learn_inner_lr: bool = False,
         iterations_per_epoch: int = 10,
+        eval_batches: int = 1,
+        eval_seed: int = 1_000_003,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,7 +118,8 @@ class MetaRLModule(LightningModule):
 
     def _check_hparams(self) -> None:
         hp = self.hparams
-        for name in ("meta_batch_size", "rollouts_per_task", "horizon", "num_inner_steps", "iterations_per_epoch"):
+        for name in ("meta_batch_size", "rollouts_per_task", "horizon", "num_inner_steps", "iterations_per_epoch",
+                     "eval_batches"):
             if not isinstance(hp[name], int) or hp[name] < 1:
                 raise ConfigError(f"model.{name} must be a positive integer, got {hp[name]!r}")
         if not 0.0 <= hp.discount <= 1.0:
@@ -148,9 +155,13 @@ class MetaRLModule(LightningModule):
         """Draw this iteration's meta-batch of tasks from the seeded task generator."""
         return self.env.sample_tasks(self.hparams.meta_batch_size, self.task_rng, **self.env.family_kwargs())
 
-    def collect(self, task_params: TensorDictBase) -> TensorDictBase:
-        """Trajectories ``[n_tasks, rollouts, T]`` of the policy with per-task parameters, with advantages."""
-        batch = collect(self.env, GaussianActor(self.policy, task_params, self.action_rng))
+    def collect(self, task_params: TensorDictBase, generator: torch.Generator | None = None) -> TensorDictBase:
+        """Trajectories ``[n_tasks, rollouts, T]`` of the policy with per-task parameters, with advantages.
+
+        Action noise comes from ``generator`` (default: the training action generator).
+        """
+        actor = GaussianActor(self.policy, task_params, self.action_rng if generator is None else generator)
+        batch = collect(self.env, actor)
         hp = self.hparams
         return add_advantages(batch, hp.discount, hp.gae_lambda, hp.normalize_advantages)
 
@@ -194,28 +205,73 @@ class MetaRLModule(LightningModule):
         """Update theta from the pre-update ``inner_batches`` and the post-update batch; return metrics."""
         raise NotImplementedError
 
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        """One meta-iteration: sample tasks, collect, adapt, collect, outer update, log."""
-        start = time.perf_counter()
+    def sample_and_adapt(
+        self, tasks: TensorDictBase, generator: torch.Generator | None = None
+    ) -> tuple[list[TensorDictBase], TensorDictBase, dict[str, float]]:
+        """Collect and adapt on ``tasks``: ``num_inner_steps`` x (collect, inner step), then collect post-update.
+
+        Returns the pre-update batches (one per inner step), the post-update batch and the
+        seconds spent collecting and adapting.
+        """
         timings = {"collect": 0.0, "adapt": 0.0}
-        self.env.set_tasks(self.sample_tasks())
+        self.env.set_tasks(tasks)
         task_params = self.policy_params().expand(self.hparams.meta_batch_size)
         inner_batches: list[TensorDictBase] = []
         for _ in range(self.hparams.num_inner_steps):
             t0 = time.perf_counter()
-            inner_batches.append(self.collect(task_params))
+            inner_batches.append(self.collect(task_params, generator))
             t1 = time.perf_counter()
             task_params = self.inner_step(task_params, inner_batches[-1], create_graph=False)
             timings["collect"] += t1 - t0
             timings["adapt"] += time.perf_counter() - t1
         t0 = time.perf_counter()
-        post_batch = self.collect(task_params)
+        post_batch = self.collect(task_params, generator)
         timings["collect"] += time.perf_counter() - t0
+        return inner_batches, post_batch, timings
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        """One meta-iteration: sample tasks, collect, adapt, collect, outer update, log."""
+        start = time.perf_counter()
+        inner_batches, post_batch, timings = self.sample_and_adapt(self.sample_tasks())
         t0 = time.perf_counter()
         metrics = self.outer_update(inner_batches, post_batch)
         timings["outer"] = time.perf_counter() - t0
         self.iteration += 1
         self.log_iteration(inner_batches, post_batch, metrics, timings, time.perf_counter() - start)
+
+    # ------------------------------------------------------------------ meta-test
+    def validation_step(self, batch: int, batch_idx: int) -> None:
+        """Meta-test on held-out tasks: adapt (no outer update) and log ``val/return/*``."""
+        self.evaluate("val", batch_idx)
+
+    def test_step(self, batch: int, batch_idx: int) -> None:
+        """As :meth:`validation_step`, logged under ``test/``."""
+        self.evaluate("test", batch_idx)
+
+    def evaluate(self, stage: str, index: int) -> dict[str, float]:
+        """Adapt to the ``index``-th fixed meta-batch of held-out tasks and log its returns.
+
+        The held-out tasks and the evaluation noise come from generators seeded with
+        ``eval_seed + index``; the training generators are left untouched, so evaluating does
+        not change the course of training.
+        """
+        seed = self.hparams.eval_seed + index
+        tasks = self.env.held_out_tasks(self.hparams.meta_batch_size, seed=seed)
+        env_state = self.env.rng_state()
+        self.env.set_rng_state({"rng": torch.Generator().manual_seed(seed).get_state()})
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                inner_batches, post_batch, _ = self.sample_and_adapt(tasks, torch.Generator().manual_seed(seed))
+        finally:
+            self.env.set_rng_state(env_state)
+        returns = {f"{stage}/return/step_{k}": episode_returns(b).mean().item()
+                   for k, b in enumerate([*inner_batches, post_batch])}
+        returns[f"{stage}/return/pre_update"] = returns[f"{stage}/return/step_0"]
+        returns[f"{stage}/return/post_update"] = returns[f"{stage}/return/step_{len(inner_batches)}"]
+        for name, value in returns.items():
+            self.log(name, value, on_step=False, on_epoch=True, batch_size=1,
+                     prog_bar=name == f"{stage}/return/post_update")
+        return returns
 
     def log_iteration(
         self,
@@ -251,6 +307,14 @@ class MetaRLModule(LightningModule):
     def train_dataloader(self) -> DataLoader:
         """``iterations_per_epoch`` meta-iteration indices: the data come from the env, not a dataset."""
         return DataLoader(range(self.hparams.iterations_per_epoch), batch_size=None, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        """``eval_batches`` indices of held-out meta-batches."""
+        return DataLoader(range(self.hparams.eval_batches), batch_size=None, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """As :meth:`val_dataloader`."""
+        return self.val_dataloader()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the generators that shape future iterations (tasks, actions, env resets)."""
