@@ -59,7 +59,9 @@ class MetaRLCLI(LightningCLI):
             "log_every_n_steps": 1,
             "inference_mode": False,  # meta-test adaptation differentiates the inner objective
             "num_sanity_val_steps": 0,
-            "accelerator": "auto",
+            # Physics runs on the CPU; --trainer.accelerator gpu moves the policy and the
+            # inner/outer optimisation to the GPU (batches are moved after collection).
+            "accelerator": "cpu",
             "devices": 1,
             "max_epochs": 100,
             **kwargs["trainer_defaults"],

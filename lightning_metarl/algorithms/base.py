@@ -161,7 +161,7 @@ class MetaRLModule(LightningModule):
         Action noise comes from ``generator`` (default: the training action generator).
         """
         actor = GaussianActor(self.policy, task_params, self.action_rng if generator is None else generator)
-        batch = collect(self.env, actor)
+        batch = collect(self.env, actor).to(self.device)
         hp = self.hparams
         return add_advantages(batch, hp.discount, hp.gae_lambda, hp.normalize_advantages)
 

@@ -35,12 +35,15 @@ class GaussianActor:
     def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
         observation = tensordict.get("observation")
         with torch.no_grad():
-            mean, log_std = call_per_task(self.policy, self.params, observation)
+            # The policy may live on another device than the env (e.g. CUDA policy, CPU physics).
+            policy_device = next(iter(self.params.values(True, True))).device
+            mean, log_std = call_per_task(self.policy, self.params, observation.to(policy_device))
+            mean, log_std = mean.to(observation.device), log_std.to(observation.device)
             if self.deterministic:
                 action = mean
             else:
-                noise = torch.randn(mean.shape, generator=self.generator, dtype=mean.dtype, device=mean.device)
-                action = mean + log_std.exp() * noise
+                noise = torch.randn(mean.shape, generator=self.generator, dtype=mean.dtype, device=self.generator.device)
+                action = mean + log_std.exp() * noise.to(mean.device)
             tensordict.set("action", action)
             tensordict.set("action_log_prob", gaussian_log_prob(mean, log_std, action))
         return tensordict
