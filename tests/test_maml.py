@@ -54,7 +54,7 @@ def test_meta_gradient_matches_finite_differences(learn_inner_lr: bool):
     inner, post = [to_double(b) for b in batches[:2]], to_double(batches[2])
 
     def objective() -> torch.Tensor:
-        return module.outer_loss(inner, post)
+        return module.outer_loss(inner, post, module.adapt_steps(module.policy_params(), inner))
 
     parameters = list(module.parameters())  # the policy and, if learned, the inner step sizes
     assert len(parameters) == (14 if learn_inner_lr else 7)

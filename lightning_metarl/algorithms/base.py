@@ -31,7 +31,14 @@ from lightning_metarl import envs
 from lightning_metarl.data import GaussianActor, add_advantages, collect, episode_returns
 from lightning_metarl.envs.base import BatchedMetaEnv
 from lightning_metarl.errors import CheckpointError, ConfigError
-from lightning_metarl.nn import GaussianMLPPolicy, call_per_task, gaussian_log_prob, module_params
+from lightning_metarl.nn import (
+    GaussianMLPPolicy,
+    call_per_task,
+    gaussian_kl,
+    gaussian_log_prob,
+    module_params,
+)
+from lightning_metarl.objectives import per_task_mean
 
 _RNG_KEY = "lightning_metarl_rng"
 
@@ -193,12 +200,30 @@ class MetaRLModule(LightningModule):
             return self.hparams.inner_lr
         return self.inner_step_sizes.get(key)
 
+    def adapt_steps(
+        self, params: TensorDictBase, batches: Sequence[TensorDictBase], create_graph: bool = True
+    ) -> list[TensorDictBase]:
+        """The per-task parameters before each inner step and after the last: ``len(batches) + 1`` items.
+
+        Item ``k`` is the policy that collected ``batches[k]`` (item 0 is ``params`` expanded to
+        the task dimension); the last item is the adapted policy that collected the post-update batch.
+        """
+        steps = [params.expand(self.hparams.meta_batch_size)]
+        for batch in batches:
+            steps.append(self.inner_step(steps[-1], batch, create_graph))
+        return steps
+
     def adapt(self, params: TensorDictBase, batches: Sequence[TensorDictBase], create_graph: bool = True) -> TensorDictBase:
         """The adapted per-task parameters after one inner step on each of ``batches`` in turn."""
-        task_params = params.expand(self.hparams.meta_batch_size)
-        for batch in batches:
-            task_params = self.inner_step(task_params, batch, create_graph)
-        return task_params
+        return self.adapt_steps(params, batches, create_graph)[-1]
+
+    def kl(self, old_params: TensorDictBase, new_params: TensorDictBase, batch: TensorDictBase) -> torch.Tensor:
+        """Per-task mean ``KL(pi_old(.|s) || pi_new(.|s))`` over the batch's valid states, ``[n_tasks]``."""
+        observation = batch.get("observation")
+        with torch.no_grad():
+            old_mean, old_log_std = call_per_task(self.policy, old_params.detach(), observation)
+        new_mean, new_log_std = call_per_task(self.policy, new_params, observation)
+        return per_task_mean(gaussian_kl(old_mean, old_log_std, new_mean, new_log_std), batch.get("mask"))
 
     # ------------------------------------------------------------------ outer loop
     def outer_update(self, inner_batches: list[TensorDictBase], post_batch: TensorDictBase) -> dict[str, torch.Tensor]:

@@ -3,7 +3,8 @@
 All functions take time as the last dimension. ``mask[..., t]`` is 1 for the steps of an
 episode and 0 for the padding after an early termination. The value after the last valid step
 is taken as 0 (the finite-horizon convention of the reference samplers: paths end at
-termination or at the horizon H).
+termination or at the horizon H). Entries on padding never leak into the results, even when
+they hold garbage (NaN/inf from a diverged simulator): masking is a selection, not a product.
 """
 
 from __future__ import annotations
@@ -11,15 +12,65 @@ from __future__ import annotations
 import torch
 
 
+def _valid(mask: torch.Tensor) -> torch.Tensor:
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(_valid(mask), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def discount_weights(horizon: int, discount: float, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+    """``[discount^0, discount^1, ..., discount^(horizon-1)]``."""
+    return torch.full((horizon,), float(discount), dtype=dtype, device=device).pow(
+        torch.arange(horizon, dtype=dtype, device=device)
+    )
+
+
+def discounted_rewards(rewards: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:
+    """Per-step discounted rewards ``discount^t r_t`` (0 on padding).
+
+    The cost of step ``t`` in the DiCE objective and the regression target of its baseline
+    (ALGORITHMS.md, "Inner objectives: DiCE").
+    """
+    weights = discount_weights(rewards.shape[-1], discount, rewards.dtype, rewards.device)
+    return _zero_padding(rewards, mask) * weights
+
+
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:
-    """Reward-to-go ``R_t = sum_{t' >= t} discount^(t'-t) r_t'`` over the valid steps; 0 on padding."""
-    rewards = rewards * mask
+    """Reward-to-go ``R_t = sum_{t' >= t} discount^(t'-t) r_t'`` over the valid steps; 0 on padding.
+
+    A 0 in ``mask`` cuts the sum: nothing after it flows back into earlier steps.
+    """
+    rewards = _zero_padding(rewards, mask)
+    valid = _valid(mask).to(rewards.dtype)
     out = torch.empty_like(rewards)
     running = torch.zeros_like(rewards[..., 0])
     for t in range(rewards.shape[-1] - 1, -1, -1):
-        running = rewards[..., t] + discount * running * mask[..., t]
+        running = (rewards[..., t] + discount * running) * valid[..., t]
         out[..., t] = running
-    return out * mask
+    return out
+
+
+def n_step_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float, n: int) -> torch.Tensor:
+    """Truncated N-step return ``R^N_t = sum_{k < N} discount^k r_{t+k}`` without bootstrapping; 0 on padding.
+
+    The sum stops at the episode end (``mask``) and at the horizon. MAME's self-supervision
+    target (seed 000, §4.1.1) is the sum of the next ``N = 15`` rewards, i.e. ``discount = 1``.
+    """
+    if n < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    rewards = _zero_padding(rewards, mask)
+    valid = _valid(mask)
+    horizon = rewards.shape[-1]
+    out = rewards.clone()
+    alive = valid  # alive[..., t]: steps t..t+k all belong to the episode
+    for k in range(1, min(n, horizon)):
+        pad = torch.zeros_like(valid[..., :k])
+        alive = alive & torch.cat([valid[..., k:], pad], dim=-1)
+        shifted = torch.cat([rewards[..., k:], torch.zeros_like(rewards[..., :k])], dim=-1)
+        out = out + (discount**k) * torch.where(alive, shifted, torch.zeros_like(shifted))
+    return _zero_padding(out, mask)
 
 
 def gae(
@@ -35,29 +86,31 @@ def gae(
     valid step; ``A_t = sum_l (discount * gae_lambda)^l delta_{t+l}``. With ``gae_lambda = 1``
     this is ``discounted_returns - values``. Returns 0 on padding.
     """
-    rewards, values = rewards * mask, values * mask
-    next_values = torch.cat([values[..., 1:] * mask[..., 1:], torch.zeros_like(values[..., :1])], dim=-1)
+    rewards, values = _zero_padding(rewards, mask), _zero_padding(values, mask)
+    next_values = torch.cat([values[..., 1:], torch.zeros_like(values[..., :1])], dim=-1)
     deltas = rewards + discount * next_values - values
     return discounted_returns(deltas, mask, discount * gae_lambda)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | tuple[int, ...] | None = None) -> torch.Tensor:
     """Mean of ``x`` over the entries where ``mask`` is 1 (over ``dim``, or all if ``None``)."""
+    x = _zero_padding(x, mask)
+    count = _valid(mask).to(x.dtype)
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp_min(1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp_min(1)
+        return x.sum() / count.sum().clamp_min(1)
+    return x.sum(dim) / count.sum(dim).clamp_min(1)
 
 
 def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, dims: tuple[int, ...], eps: float = 1e-8) -> torch.Tensor:
     """Standardise ``advantages`` to zero mean and unit variance over ``dims`` (valid entries only).
 
-    The reference implementations normalise per task: pass the rollout and time dimensions.
+    ``(A - mean) / (std + eps)`` with the population standard deviation, as the reference
+    ``normalize_advantages``; 0 on padding. The reference implementations normalise per task:
+    pass the rollout and time dimensions.
     """
-    mean = masked_mean(advantages, mask, dims)
-    for d in sorted(d % advantages.dim() for d in dims):
-        mean = mean.unsqueeze(d)
-    centered = (advantages - mean) * mask
-    var = masked_mean(centered.pow(2), mask, dims)
-    for d in sorted(d % advantages.dim() for d in dims):
-        var = var.unsqueeze(d)
+    valid = _valid(mask)
+    count = valid.to(advantages.dtype).sum(dims, keepdim=True).clamp_min(1)
+    mean = _zero_padding(advantages, valid).sum(dims, keepdim=True) / count
+    centered = _zero_padding(advantages - mean, valid)
+    var = centered.pow(2).sum(dims, keepdim=True) / count
     return centered / (var.sqrt() + eps)

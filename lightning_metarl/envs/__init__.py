@@ -6,8 +6,9 @@
 torch.Size([4, 2])
 """
 
-from lightning_metarl.envs import point  # noqa: F401  (registers the point families)
+from lightning_metarl.envs import locomotion, point  # noqa: F401  (register the task families)
 from lightning_metarl.envs.base import BatchedMetaEnv
+from lightning_metarl.envs.mujoco_env import MujocoMetaEnv
 from lightning_metarl.envs.registry import available, family, make, register
 
-__all__ = ["BatchedMetaEnv", "available", "family", "make", "register"]
+__all__ = ["BatchedMetaEnv", "MujocoMetaEnv", "available", "family", "make", "register"]

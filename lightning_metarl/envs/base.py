@@ -68,13 +68,17 @@ class BatchedMetaEnv(EnvBase):
         self.rng.manual_seed(int(seed))
         self.tasks: TensorDictBase | None = None
         self.step_count = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
-        low, high = self.action_bounds()
+        action_shape = (*self.batch_size, self.action_dim)
+        low, high = (
+            torch.as_tensor(bound, dtype=torch.float32, device=self.device).expand(action_shape).clone()
+            for bound in self.action_bounds()
+        )
         self.observation_spec = Composite(
             observation=Unbounded(shape=(*self.batch_size, self.observation_dim), device=self.device),
             shape=self.batch_size,
         )
         self.action_spec = Bounded(
-            low=low, high=high, shape=(*self.batch_size, self.action_dim), device=self.device
+            low=low, high=high, shape=action_shape, device=self.device
         )
         self.reward_spec = Unbounded(shape=(*self.batch_size, 1), device=self.device)
         flag = Categorical(2, shape=(*self.batch_size, 1), dtype=torch.bool, device=self.device)
@@ -93,7 +97,10 @@ class BatchedMetaEnv(EnvBase):
         """Raise :class:`~lightning_metarl.errors.TaskError` if ``tasks`` are out of the family's range."""
 
     def action_bounds(self) -> tuple[float | torch.Tensor, float | torch.Tensor]:
-        """Bounds of the action space declared in the spec (the policy may exceed them: envs clip)."""
+        """Bounds of the action space declared in the spec: scalars or ``[action_dim]`` tensors.
+
+        The policy may exceed them: envs clip.
+        """
         return -1.0, 1.0
 
     @abstractmethod

@@ -4,10 +4,15 @@
 ``ENVIRONMENTS.md`` of the reference definitions): the state is the 2D position, reset uniform
 in ``[-0.2, 0.2]^2``; the action is clipped to ``+-0.2`` per axis and added to the position; an
 episode never terminates. A task is one of the four corners ``(+-2, +-2)``.
+
+``Point-Semicircle`` is PEARL's sparse point robot (seed 000 appendix, Figures 5-8): start at
+the centre, steps of at most ``0.1`` per axis, goal on the upper semicircle of radius 1, reward
+``1 - distance`` within ``0.2`` of the goal, else 0 (dense variant: ``-distance``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -124,4 +129,105 @@ class PointCorner(BatchedMetaEnv):
         self.position = position + action.clamp(-self.max_action, self.max_action)
         goal = self.tasks.get("goal").unsqueeze(1)
         reward = corner_reward(position, self.position, goal, self.reward_type, self.sparse_radius)
+        return reward, torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+
+
+def semicircle_reward(
+    next_position: torch.Tensor, goal: torch.Tensor, reward_type: str = "sparse", goal_radius: float = 0.2
+) -> torch.Tensor:
+    """Reward of reaching ``next_position`` for ``goal`` (both ``[..., 2]``), PEARL's sparse point robot.
+
+    Dense: ``-|p' - g|``. Sparse: ``1 - |p' - g|`` when the distance is at most ``goal_radius``,
+    else 0 (PEARL's ``sparsify_rewards`` plus the +1 that makes the sparse reward positive).
+    """
+    distance = (next_position - goal).norm(dim=-1)
+    if reward_type == "dense":
+        return -distance
+    return torch.where(distance <= goal_radius, 1.0 - distance, torch.zeros_like(distance))
+
+
+@register("Point-Semicircle")
+class PointSemicircle(BatchedMetaEnv):
+    """Batched 2D point robot with a goal on a semicircle (PEARL's sparse point robot; MAME appendix).
+
+    The state is the 2D position, starting at the centre ``(0, 0)`` (no reset noise); the action
+    is clipped to ``+-max_action`` per axis and added to the position; an episode never
+    terminates. Default horizon 20 (PEARL's path length for this task).
+
+    Args:
+        reward_type: ``"sparse"`` (default; ``1 - distance`` within ``goal_radius`` of the goal,
+            else 0) or ``"dense"`` (``-distance``), see :func:`semicircle_reward`.
+        radius: radius of the semicircle of goals.
+        goal_radius: radius around the goal inside which the sparse reward is paid.
+        max_action: per-axis clip of the action (the step size).
+        **kwargs: see :class:`~lightning_metarl.envs.base.BatchedMetaEnv`.
+
+    Tasks: ``TensorDict({"goal": [n, 2]})``, ``goal = radius * (cos a, sin a)`` with ``a ~ U(0, pi)``.
+    """
+
+    observation_dim = 2
+    action_dim = 2
+    REWARD_TYPES = ("sparse", "dense")
+
+    def __init__(
+        self,
+        n_tasks: int,
+        rollouts_per_task: int,
+        horizon: int = 20,
+        reward_type: str = "sparse",
+        radius: float = 1.0,
+        goal_radius: float = 0.2,
+        max_action: float = 0.1,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if reward_type not in self.REWARD_TYPES:
+            raise ConfigError(f"Point-Semicircle: reward_type must be one of {self.REWARD_TYPES}, got {reward_type!r}")
+        for name, value in (("radius", radius), ("goal_radius", goal_radius), ("max_action", max_action)):
+            if not value > 0:
+                raise ConfigError(f"Point-Semicircle: {name} must be positive, got {value!r}")
+        self.reward_type = reward_type
+        self.radius = float(radius)
+        self.goal_radius = float(goal_radius)
+        self.max_action = float(max_action)
+        super().__init__(n_tasks, rollouts_per_task, horizon, seed=seed, device=device)
+        self.position = torch.zeros((*self.batch_size, 2), device=self.device)
+
+    def action_bounds(self) -> tuple[float, float]:
+        return -self.max_action, self.max_action
+
+    def family_kwargs(self) -> dict[str, Any]:
+        return {"radius": self.radius}
+
+    @classmethod
+    def sample_tasks(cls, n: int, generator: torch.Generator, radius: float = 1.0, **family_kwargs: Any) -> TensorDict:
+        """``n`` goals ``radius * (cos a, sin a)`` with ``a ~ U(0, pi)``."""
+        angle = torch.rand(n, generator=generator) * math.pi
+        goal = radius * torch.stack((angle.cos(), angle.sin()), dim=-1)
+        return TensorDict({"goal": goal}, batch_size=[n])
+
+    @classmethod
+    def validate_tasks(cls, tasks: TensorDictBase, radius: float = 1.0, **family_kwargs: Any) -> None:
+        if "goal" not in tasks.keys():
+            raise TaskError(f"Point-Semicircle: tasks need a 'goal' entry, got keys {sorted(tasks.keys())}")
+        goal = tasks.get("goal")
+        if goal.shape[-1:] != torch.Size([2]):
+            raise TaskError(f"Point-Semicircle: goal must have shape [n, 2], got {list(goal.shape)}")
+        on_arc = ((goal.norm(dim=-1) - radius).abs() <= 1e-4 * radius) & (goal[:, 1] >= -1e-4 * radius)
+        if not on_arc.all():
+            raise TaskError(
+                f"Point-Semicircle: every goal must lie on the upper semicircle of radius {radius}; "
+                f"got {goal[~on_arc][:3].tolist()}"
+            )
+
+    def _reset_copies(self, reset_mask: torch.Tensor) -> None:
+        self.position = torch.where(reset_mask.unsqueeze(-1), torch.zeros_like(self.position), self.position)
+
+    def _observation(self) -> torch.Tensor:
+        return self.position.clone()
+
+    def _advance(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.position = self.position + action.clamp(-self.max_action, self.max_action)
+        goal = self.tasks.get("goal").unsqueeze(1)
+        reward = semicircle_reward(self.position, goal, self.reward_type, self.goal_radius)
         return reward, torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)

@@ -1,4 +1,9 @@
-"""The linear feature baseline of the reference implementations, fitted for all tasks at once."""
+"""The linear feature baseline of the reference implementations, fitted for all tasks at once.
+
+Duan et al. (2016), "Benchmarking deep RL for continuous control": a ridge regression of the
+returns on the features ``[o, o^2, t, t^2, t^3, 1]``, refitted per task on every batch
+(ALGORITHMS.md, "Shared"). Solved in float64 for all tasks in one batched call.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import torch
 def linear_baseline_features(observation: torch.Tensor, time_scale: float = 100.0) -> torch.Tensor:
     """Features ``[o, o^2, t, t^2, t^3, 1]`` of observations ``[..., T, obs_dim]``.
 
-    ``o`` is clipped to ``+-10`` and ``t = step / time_scale`` (reference: ``t = step / 100``).
+    ``o`` is clipped to ``+-10`` and ``t = step / time_scale`` (reference: ``t = step / 100``),
+    so an observation of size ``d`` gives ``2 d + 4`` features.
     """
     o = observation.clamp(-10.0, 10.0)
     horizon = observation.shape[-2]
@@ -28,17 +34,25 @@ def fit_linear_baseline(
 
     Args:
         features: ``[n_tasks, N, F]`` (N samples of a task: rollouts x time, flattened).
-        targets: ``[n_tasks, N]``, the discounted returns.
-        mask: ``[n_tasks, N]``, 1 for samples that enter the fit.
+        targets: ``[n_tasks, N]``, the regression targets (discounted returns; for the DiCE
+            baseline, the discounted per-step rewards).
+        mask: ``[n_tasks, N]``, 1 for samples that enter the fit. Masked-out samples are
+            ignored even if they are not finite.
         reg_coeff: ridge regulariser; multiplied by 10 for the tasks whose fit is not finite,
-            up to ``max_tries`` attempts (the reference's fallback).
+            up to ``max_tries`` attempts in all (the reference's fallback).
+        max_tries: number of attempts.
 
     Returns:
-        Coefficients ``[n_tasks, F]`` solving ``(X^T X + reg I) w = X^T y`` in float64; a task
-        still non-finite after ``max_tries`` gets zeros (the baseline then predicts 0).
+        Coefficients ``[n_tasks, F]`` (dtype of ``features``) solving
+        ``(X^T X + reg I) w = X^T y`` in float64 by least squares, as the reference. A task
+        whose fit is still not finite after ``max_tries`` gets zero coefficients, so its
+        baseline predicts 0 (the reference would keep the NaN coefficients and poison the
+        advantages of every later step).
     """
-    x = features.double() * mask.double().unsqueeze(-1)
-    y = targets.double() * mask.double()
+    valid = (mask != 0).unsqueeze(-1) if mask.dtype != torch.bool else mask.unsqueeze(-1)
+    zero = torch.zeros((), dtype=torch.float64, device=features.device)
+    x = torch.where(valid, features.double(), zero)
+    y = torch.where(valid.squeeze(-1), targets.double(), zero)
     gram = x.transpose(-1, -2) @ x
     rhs = (x.transpose(-1, -2) @ y.unsqueeze(-1)).squeeze(-1)
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
@@ -46,10 +60,10 @@ def fit_linear_baseline(
     coeffs = torch.zeros_like(rhs)
     todo = torch.ones(gram.shape[:-2], dtype=torch.bool, device=gram.device)
     for _ in range(max_tries):
-        a = gram[todo] + reg[todo, None, None] * eye
-        solution = torch.linalg.lstsq(a, rhs[todo].unsqueeze(-1)).solution.squeeze(-1)
-        ok = torch.isfinite(solution).all(-1)
         index = todo.nonzero().squeeze(-1)
+        a = gram[index] + reg[index, None, None] * eye
+        solution = torch.linalg.lstsq(a, rhs[index].unsqueeze(-1)).solution.squeeze(-1)
+        ok = torch.isfinite(solution).all(-1)
         coeffs[index[ok]] = solution[ok]
         todo[index[ok]] = False
         if not todo.any():
@@ -63,12 +77,15 @@ def linear_baseline_values(
 ) -> torch.Tensor:
     """Fit the linear feature baseline per task and predict it on the same samples.
 
-    ``observation`` is ``[n_tasks, rollouts, T, obs_dim]``; ``returns`` and ``mask`` are
-    ``[n_tasks, rollouts, T]``. Returns the values ``[n_tasks, rollouts, T]`` (0 on padding).
-    The reference refits the baseline on every batch, so it carries no state across iterations.
+    ``observation`` is ``[n_tasks, rollouts, T, obs_dim]``; ``returns`` (the regression
+    targets) and ``mask`` are ``[n_tasks, rollouts, T]``. Returns the values
+    ``[n_tasks, rollouts, T]`` (0 on padding). The reference refits the baseline on every
+    batch, so it carries no state across iterations.
     """
     n_tasks = observation.shape[0]
     features = linear_baseline_features(observation)
     flat = features.reshape(n_tasks, -1, features.shape[-1])
     coeffs = fit_linear_baseline(flat, returns.reshape(n_tasks, -1), mask.reshape(n_tasks, -1), reg_coeff)
-    return (features @ coeffs[:, None, :, None]).squeeze(-1) * mask
+    values = (features @ coeffs[:, None, :, None]).squeeze(-1)
+    valid = mask if mask.dtype == torch.bool else mask != 0
+    return torch.where(valid, values, torch.zeros((), dtype=values.dtype, device=values.device))

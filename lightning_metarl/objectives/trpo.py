@@ -1,0 +1,179 @@
+"""TRPO's natural-gradient step: conjugate gradient on KL Hessian-vector products and a line search.
+
+Schulman et al. (2015), Appendix C, with the settings of MAML-TRPO and MAESN (ALGORITHMS.md):
+mean KL <= 0.01, 10 conjugate-gradient iterations, backtracking ratio 0.8, at most 15 step sizes.
+
+Written for any list of parameter tensors and two closures, so the same step serves plain
+TRPO and meta-learning: the surrogate and the KL may be computed through an inner adaptation
+step (``kl_fn`` builds ``theta'(theta)`` with ``create_graph=True`` and returns the mean KL of
+the post-update policy), in which case the Hessian-vector products differentiate through the
+inner step. TRPO is an optimizer, not a loss, so this module has functions, not a
+``LossModule``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+def flat_grad(
+    output: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    create_graph: bool = False,
+    retain_graph: bool | None = None,
+) -> torch.Tensor:
+    """Gradient of the scalar ``output`` w.r.t. ``params``, flattened into one vector (0 for unused parameters)."""
+    grads = torch.autograd.grad(
+        output, list(params), create_graph=create_graph, retain_graph=retain_graph, allow_unused=True
+    )
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
+
+
+def hessian_vector_product(
+    kl: torch.Tensor, params: Sequence[torch.Tensor], damping: float = 1e-5
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> (H + damping I) v`` with ``H`` the Hessian of the scalar ``kl`` w.r.t. ``params`` (Pearlmutter 1994).
+
+    The gradient graph is built once; each product is one more backward pass through it.
+    """
+    grad = flat_grad(kl, params, create_graph=True)
+
+    def product(vector: torch.Tensor) -> torch.Tensor:
+        return flat_grad(grad @ vector.detach(), params, retain_graph=True) + damping * vector
+
+    return product
+
+
+def conjugate_gradient(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    iterations: int = 10,
+    residual_tol: float = 1e-10,
+) -> torch.Tensor:
+    """Approximate solution of ``A x = b`` for symmetric positive definite ``A`` given by ``matvec``.
+
+    Hestenes-Stiefel conjugate gradient from ``x = 0`` (Nocedal & Wright, Algorithm 5.2), at
+    most ``iterations`` products; stops early once ``r^T r < residual_tol``. Exact after
+    ``dim`` iterations in exact arithmetic.
+    """
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = r @ r
+    for _ in range(iterations):
+        if rr < residual_tol:
+            break
+        ap = matvec(p)
+        alpha = rr / (p @ ap)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = r @ r
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+@dataclass(frozen=True)
+class TRPOStepInfo:
+    """What one :func:`trpo_step` did.
+
+    Attributes:
+        accepted: whether the parameters were moved (otherwise they are unchanged).
+        loss_before: surrogate loss at the start.
+        loss_after: surrogate loss at the returned parameters.
+        kl: mean KL at the returned parameters (0 if the step was rejected).
+        step_fraction: fraction of the full trust-region step taken (0 if rejected).
+        evaluations: number of step sizes tried by the line search.
+        expected_improvement: ``-g^T step`` of the full step, the decrease of the loss predicted
+            to first order.
+    """
+
+    accepted: bool
+    loss_before: float
+    loss_after: float
+    kl: float
+    step_fraction: float
+    evaluations: int
+    expected_improvement: float
+
+
+def _set_flat(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            p.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+
+
+def trpo_step(
+    params: Sequence[torch.Tensor],
+    loss_fn: Callable[[], torch.Tensor],
+    kl_fn: Callable[[], torch.Tensor],
+    max_kl: float = 0.01,
+    cg_iterations: int = 10,
+    damping: float = 1e-5,
+    backtrack_ratio: float = 0.8,
+    max_backtracks: int = 15,
+) -> TRPOStepInfo:
+    """One trust-region step on ``params`` in place: minimise ``loss_fn`` subject to ``kl_fn() <= max_kl``.
+
+    1. ``g = grad loss``; ``x ~= H^-1 g`` by :func:`conjugate_gradient` with ``H`` the Hessian
+       of ``kl_fn`` (plus ``damping I``) at the current parameters.
+    2. Full step ``-sqrt(2 max_kl / x^T H x) x``, the step that reaches the KL bound in the
+       quadratic model.
+    3. Backtracking line search on the fractions ``backtrack_ratio^k``,
+       ``k = 0 .. max_backtracks - 1``: accept the first whose KL is at most ``max_kl`` and
+       whose loss is below the initial loss (both finite). If none is, the parameters are
+       restored exactly (the reference's ``accept_violation=False``).
+
+    Args:
+        params: the tensors to update (leaf tensors, e.g. ``list(module.parameters())``).
+        loss_fn: closure returning the scalar surrogate loss at the current parameter values.
+        kl_fn: closure returning the scalar mean ``KL(pi_old || pi_params)``, ``pi_old``
+            fixed (detached) at the parameters this step starts from; it is 0 with zero
+            gradient there. Hold ``pi_old``'s tensors as copies (``.detach().clone()``): the
+            step writes the parameters in place, which invalidates views of them. Both
+            closures run with gradients enabled (an inner step may need them) and must read
+            the parameters' current values.
+        max_kl: trust-region size ``delta`` (reference 0.01).
+        cg_iterations: conjugate-gradient iterations (reference 10).
+        damping: ``lambda`` in ``(H + lambda I)``. Default 1e-5, the reference
+            implementations' regulariser; it only keeps conjugate gradient well posed when
+            the KL is flat in some directions. Raise it (1e-3 .. 1e-1) if the Hessian through
+            an inner step is badly conditioned.
+        backtrack_ratio: step shrink factor per line-search trial (reference 0.8).
+        max_backtracks: number of step sizes tried (reference 15).
+    """
+    params = list(params)
+    start = torch.cat([p.detach().reshape(-1) for p in params]).clone()
+
+    loss = loss_fn()
+    gradient = flat_grad(loss, params)
+    loss_before = float(loss.detach())
+    hvp = hessian_vector_product(kl_fn(), params, damping)
+    direction = conjugate_gradient(hvp, gradient, cg_iterations)
+    curvature = float(direction @ hvp(direction))
+    del hvp
+
+    def rejected(evaluations: int) -> TRPOStepInfo:
+        _set_flat(params, start)
+        return TRPOStepInfo(False, loss_before, loss_before, 0.0, 0.0, evaluations, 0.0)
+
+    if not math.isfinite(curvature) or curvature <= 0 or not math.isfinite(loss_before):
+        return rejected(0)
+    full_step = -math.sqrt(2.0 * max_kl / curvature) * direction
+    expected_improvement = float(-(gradient @ full_step))
+
+    for k in range(max_backtracks):
+        fraction = backtrack_ratio**k
+        _set_flat(params, start + fraction * full_step)
+        loss_new = float(loss_fn().detach())
+        kl_new = float(kl_fn().detach())
+        if math.isfinite(loss_new) and math.isfinite(kl_new) and loss_new < loss_before and kl_new <= max_kl:
+            return TRPOStepInfo(True, loss_before, loss_new, kl_new, fraction, k + 1, expected_improvement)
+    return rejected(max_backtracks)

@@ -1,0 +1,110 @@
+"""ProMP, MAML-LVC/TRPO and E-MAML: the relations between their meta-gradients (seed 000, §3.2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_metarl.algorithms import EMAML, MAML, MetaRLModule, ProMP
+
+SIZES = dict(meta_batch_size=3, rollouts_per_task=4, horizon=8, env_kwargs={"reward_type": "dense"})
+
+
+def build(cls: type[MetaRLModule], **kwargs) -> MetaRLModule:
+    torch.manual_seed(0)  # the same initial policy for every module
+    return cls(**SIZES, **kwargs)
+
+
+def collect_batches(module: MetaRLModule):
+    """Pre-update and post-update batches of ``module`` on one meta-batch of tasks."""
+    inner, post, _ = module.sample_and_adapt(module.sample_tasks())
+    return inner, post
+
+
+def meta_gradient(module: MetaRLModule, loss: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(loss, list(module.policy.parameters())))
+
+
+def assert_grads_close(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_promp_without_clipping_and_kl_equals_maml_lvc_likelihood_ratio():
+    promp = build(ProMP, clip_epsilon=1e9, inner_kl_coeff=0.0, num_outer_steps=1)
+    maml = build(MAML, inner_objective="lvc", outer_optimizer="trpo")
+    assert all(torch.equal(p, q) for p, q in zip(promp.policy.parameters(), maml.policy.parameters()))
+    inner, post = collect_batches(promp)
+
+    old_steps = [p.detach().clone() for p in promp.adapt_steps(promp.policy_params(), inner, create_graph=False)]
+    terms = promp.loss_terms(inner, post, old_steps)
+    promp_grad = meta_gradient(promp, terms["loss_objective"] + terms["loss_inner_kl"])
+
+    steps = maml.adapt_steps(maml.policy_params(), inner, create_graph=True)
+    maml_grad = meta_gradient(maml, maml.outer_loss(inner, post, steps))
+    assert_grads_close(promp_grad, maml_grad)
+
+    # with clipping on, samples outside the clip range stop contributing: the gradients differ
+    # once the policy has moved (after one outer step the ratios are no longer 1)
+    clipped = build(ProMP, clip_epsilon=1e-3, inner_kl_coeff=0.0, num_outer_steps=1)
+    with torch.no_grad():
+        for p in clipped.policy.parameters():
+            p.add_(1e-2 * torch.randn_like(p))
+    terms = clipped.loss_terms(inner, post, old_steps)
+    assert terms["clip_fraction"] > 0
+
+
+def test_vpg_and_lvc_inner_steps_same_adaptation_different_meta_gradient():
+    vpg = build(MAML, inner_objective="vpg")
+    lvc = build(MAML, inner_objective="lvc")
+    inner, post = collect_batches(vpg)
+    adapted_vpg = vpg.adapt(vpg.policy_params(), inner, create_graph=True)
+    adapted_lvc = lvc.adapt(lvc.policy_params(), inner, create_graph=True)
+    for key in adapted_vpg.keys(True, True):
+        torch.testing.assert_close(adapted_vpg.get(key), adapted_lvc.get(key), rtol=1e-6, atol=1e-7)
+
+    grad_vpg = meta_gradient(vpg, vpg.outer_loss(inner, post, vpg.adapt_steps(vpg.policy_params(), inner)))
+    grad_lvc = meta_gradient(lvc, lvc.outer_loss(inner, post, lvc.adapt_steps(lvc.policy_params(), inner)))
+    difference = sum((a - b).norm() ** 2 for a, b in zip(grad_vpg, grad_lvc)).sqrt()
+    scale = sum(a.norm() ** 2 for a in grad_vpg).sqrt()
+    # the LVC Hessian carries the score outer products that the VPG Hessian lacks
+    assert difference > 1e-3 * scale
+
+
+@pytest.mark.parametrize("cls", [MAML, EMAML])
+def test_maml_trpo_update_respects_the_trust_region(cls):
+    module = build(cls, inner_objective="lvc", outer_optimizer="trpo", max_kl=1e-3)
+    inner, post = collect_batches(module)
+    old_adapted = module.adapt(module.policy_params(), inner, create_graph=False).detach().clone()
+    before = [p.detach().clone() for p in module.parameters()]
+    surrogate_before = module.outer_loss(inner, post, module.adapt_steps(module.policy_params(), inner)).item()
+    metrics = module.outer_update(inner, post)
+    assert metrics["trpo/accepted"] == 1.0
+    new_adapted = module.adapt(module.policy_params(), inner, create_graph=False)
+    kl = module.kl(old_adapted, new_adapted, post).mean().item()
+    assert 0 < kl <= 1e-3
+    assert metrics["kl/post_update"].item() == pytest.approx(kl, rel=1e-4)
+    surrogate_after = module.outer_loss(inner, post, module.adapt_steps(module.policy_params(), inner)).item()
+    assert surrogate_after < surrogate_before
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def test_emaml_term_changes_the_meta_gradient_only_through_the_pre_update_policy():
+    maml = build(MAML)
+    emaml = build(EMAML, exploration_weight=1.0)
+    inner, post = collect_batches(maml)
+    grad_maml = meta_gradient(maml, maml.outer_loss(inner, post, maml.adapt_steps(maml.policy_params(), inner)))
+    grad_emaml = meta_gradient(emaml, emaml.outer_loss(inner, post, emaml.adapt_steps(emaml.policy_params(), inner)))
+    assert any(not torch.allclose(a, b) for a, b in zip(grad_maml, grad_emaml))
+    zero = build(EMAML, exploration_weight=0.0)
+    grad_zero = meta_gradient(zero, zero.outer_loss(inner, post, zero.adapt_steps(zero.policy_params(), inner)))
+    assert_grads_close(grad_zero, grad_maml)
+
+
+def test_promp_adaptive_kl_coefficient_is_checkpointed():
+    module = build(ProMP, target_inner_kl=0.01, inner_kl_coeff=1e-3)
+    module.loss_module.kl_coefficient.update(torch.tensor([0.0]))
+    state = module.state_dict()
+    restored = build(ProMP, target_inner_kl=0.01, inner_kl_coeff=1e-3)
+    restored.load_state_dict(state)
+    assert restored.loss_module.kl_coefficient.value.item() == pytest.approx(5e-4)

@@ -1,0 +1,135 @@
+"""Write ``conf/<family>_<algorithm>.yaml`` for every (task family, algorithm) of the ProMP benchmark.
+
+    python tools/make_configs.py            # (re)write the configs
+    python tools/make_configs.py --check    # exit 1 if a config differs from what this writes
+
+The settings are the reference ones (ALGORITHMS.md / ENVIRONMENTS.md of the reference
+implementations): meta-batch 40 tasks x 20 rollouts, discount 0.99, GAE lambda 1, 64 x 64 tanh
+policy with initial std 1; the horizon, inner step size and inner steps of each family; the
+outer settings of each algorithm. Edit the tables here, not the YAML files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+# family -> (file stem, horizon, inner_lr, num_inner_steps, epochs of 10 iterations, env_kwargs)
+FAMILIES: dict[str, tuple[str, int, float, int, int, dict[str, Any]]] = {
+    "Point-Corner": ("point_corner", 100, 0.1, 1, 50, {"reward_type": "sparse"}),
+    "HalfCheetah-Fwd-Bwd": ("half_cheetah_fwd_bwd", 100, 0.1, 1, 100, {}),
+    "HalfCheetah-Vel": ("half_cheetah_vel", 200, 0.1, 1, 100, {}),
+    "Ant-Fwd-Bwd": ("ant_fwd_bwd", 100, 0.1, 1, 100, {}),
+    "Ant-Goal": ("ant_goal", 200, 0.1, 2, 100, {}),
+    "Walker2D-Fwd-Bwd": ("walker2d_fwd_bwd", 200, 0.1, 1, 100, {}),
+    "Walker2D-Rand-Params": ("walker2d_rand_params", 200, 0.05, 1, 100, {}),
+    "Hopper-Rand-Params": ("hopper_rand_params", 200, 0.05, 1, 100, {}),
+}
+RAND_PARAMS = {"Walker2D-Rand-Params", "Hopper-Rand-Params"}
+
+ALGORITHMS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    # stem suffix -> (class, description, init_args)
+    "maml": ("MAML", "MAML-VPG: VPG inner step, one Adam step (lr 1e-3) on the post-update VPG surrogate",
+             {"inner_objective": "vpg", "outer_optimizer": "adam", "outer_lr": 0.001}),
+    "maml_trpo": ("MAML", "MAML-TRPO: VPG inner step, TRPO outer step (mean KL <= 0.01, 10 CG iterations)",
+                  {"inner_objective": "vpg", "outer_optimizer": "trpo", "max_kl": 0.01, "cg_iterations": 10,
+                   "backtrack_ratio": 0.8, "max_backtracks": 15}),
+    "emaml": ("EMAML", "E-MAML-VPG: MAML-VPG plus the E-MAML exploration term",
+              {"inner_objective": "vpg", "outer_optimizer": "adam", "outer_lr": 0.001, "exploration_weight": 1.0}),
+    "emaml_trpo": ("EMAML", "E-MAML-TRPO: MAML-TRPO plus the E-MAML exploration term",
+                   {"inner_objective": "vpg", "outer_optimizer": "trpo", "max_kl": 0.01, "exploration_weight": 1.0}),
+    "promp": ("ProMP", "ProMP: LVC inner step, PPO-clip (0.3) outer steps with an inner-KL penalty",
+              {"outer_lr": 0.001, "clip_epsilon": 0.3}),
+}
+
+
+def promp_outer(family: str) -> dict[str, Any]:
+    """ProMP's outer settings: 5 steps and fixed eta 5e-4; on Rand-Params 3 steps, adaptive eta."""
+    if family in RAND_PARAMS:
+        return {"num_outer_steps": 3, "inner_kl_coeff": 0.001, "target_inner_kl": 0.01}
+    return {"num_outer_steps": 5, "inner_kl_coeff": 0.0005, "target_inner_kl": None}
+
+
+def yaml_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def render(family: str, suffix: str) -> str:
+    stem, horizon, inner_lr, inner_steps, epochs, env_kwargs = FAMILIES[family]
+    cls, description, algo_args = ALGORITHMS[suffix]
+    args: dict[str, Any] = {
+        "env": family,
+        "meta_batch_size": 40,
+        "rollouts_per_task": 20,
+        "horizon": horizon,
+        "num_inner_steps": inner_steps,
+        "inner_lr": inner_lr,
+        "discount": 0.99,
+        "gae_lambda": 1.0,
+        "normalize_advantages": True,
+        "hidden_sizes": [64, 64],
+        "activation": "tanh",
+        "init_std": 1.0,
+        "iterations_per_epoch": 10,
+        **algo_args,
+    }
+    if cls == "ProMP":
+        args.update(promp_outer(family))
+    lines = [
+        f"# {description},",
+        f"# on {family} (H = {horizon}, meta-batch 40 tasks x 20 rollouts, inner lr {inner_lr},"
+        f" {inner_steps} inner step{'s' if inner_steps > 1 else ''}).",
+        f"# {epochs} epochs x 10 = {epochs * 10} meta-iterations. Written by tools/make_configs.py.",
+        "seed_everything: 1",
+        "trainer:",
+        f"  max_epochs: {epochs}",
+        "model:",
+        f"  class_path: lightning_metarl.algorithms.{cls}",
+        "  init_args:",
+    ]
+    for key, value in args.items():
+        if key == "env" and env_kwargs:
+            lines.append(f"    env: {value}")
+            lines.append("    env_kwargs:")
+            lines += [f"      {k}: {yaml_value(v)}" for k, v in env_kwargs.items()]
+            continue
+        lines.append(f"    {key}: {yaml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def all_configs() -> dict[Path, str]:
+    """Every config this script writes, by path."""
+    return {
+        CONF / f"{FAMILIES[family][0]}_{suffix}.yaml": render(family, suffix)
+        for family in FAMILIES
+        for suffix in ALGORITHMS
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare, write nothing")
+    args = parser.parse_args()
+    stale = [path for path, text in all_configs().items() if not path.exists() or path.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"out of date: {path.relative_to(CONF.parent)}")
+        sys.exit(1 if stale else 0)
+    CONF.mkdir(exist_ok=True)
+    for path in stale:
+        path.write_text(all_configs()[path])
+    print(f"{len(all_configs())} configs, {len(stale)} written")
+
+
+if __name__ == "__main__":
+    main()
