@@ -28,9 +28,15 @@ class MAML(MetaRLModule):
       distribution gets no credit (``grad J_pre`` is dropped).
     - ``"lvc"``: ProMP's low-variance curvature surrogate. Same adapted parameters as
       ``"vpg"``; its Hessian adds the per-step score outer products, giving the pre-update
-      policy credit for the adaptation (low variance, slightly biased).
-    - ``"dice"``: DiCE with a linear baseline fitted to the discounted per-step rewards; the
-      unbiased-Hessian (high-variance) estimator.
+      policy credit for the adaptation (low variance; biased where rewards depend on earlier
+      actions).
+    - ``"dice"``: DiCE with a linear baseline fitted to the discounted per-step rewards; an
+      unbiased Hessian estimate (high variance).
+
+    With ``"lvc"`` and ``"dice"`` the pre-update term is recovered to first order in
+    ``inner_lr`` only: the adapted parameters and the curvature estimate come from the same
+    samples, so the expected meta-gradient differs from the exact one at order
+    ``inner_lr^2`` (measured in ``tests/test_estimators*.py``).
 
     Outer step ``"adam"`` (MAML-VPG): one Adam step on ``-mean log pi_theta'(a|s) A`` of the
     post-update batch. ``"trpo"`` (MAML-TRPO): a trust-region step on the likelihood-ratio
