@@ -44,3 +44,13 @@ def test_config_prints_and_fits_one_tiny_iteration(config: Path, in_tmp: Path, c
     curves = read_scalars(runs[0])
     assert sorted(curves["return/post_update"]) == [0]
     assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_benchmark_configs_match_their_generator():
+    """conf/<family>_<algorithm>.yaml are written from one table by tools/make_configs.py."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "make_configs.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
