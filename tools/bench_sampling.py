@@ -30,7 +30,6 @@ import contextlib
 import os
 import sys
 import time
-import types
 from collections.abc import Callable
 
 import mujoco
@@ -129,11 +128,6 @@ class GymLoop:
     """(d): gymnasium's ``SyncVectorEnv`` of the family's v5 equivalent, driven by a Gaussian MLP policy."""
 
     def __init__(self, env: MujocoMetaEnv, n_envs: int, seed: int) -> None:
-        if "imageio" not in sys.modules:
-            try:
-                import imageio  # noqa: F401
-            except ImportError:  # gymnasium's MuJoCo envs import it for rendering only
-                sys.modules["imageio"] = types.ModuleType("imageio")
         import gymnasium as gym
 
         env_id, kwargs = GYM_EQUIVALENT[env.family]

@@ -58,8 +58,64 @@ def corner_reward(
     return torch.where(outside & goal_is_nearest, progress, torch.zeros_like(progress))
 
 
+class PointGoalEnv(BatchedMetaEnv):
+    """A batch of 2D point robots: state = position, action clipped to ``+-max_action`` per axis and
+    added to the position, never terminates; a task is a ``"goal"`` position. Subclasses give
+    the reward (:meth:`reward`), the reset state and the task distribution.
+    """
+
+    observation_dim = 2
+    action_dim = 2
+    REWARD_TYPES = ("sparse", "dense")
+
+    def __init__(
+        self,
+        n_tasks: int,
+        rollouts_per_task: int,
+        horizon: int,
+        reward_type: str,
+        max_action: float,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if reward_type not in self.REWARD_TYPES:
+            raise ConfigError(f"{self.family}: reward_type must be one of {self.REWARD_TYPES}, got {reward_type!r}")
+        if not max_action > 0:
+            raise ConfigError(f"{self.family}: max_action must be positive, got {max_action!r}")
+        self.reward_type = reward_type
+        self.max_action = float(max_action)
+        super().__init__(n_tasks, rollouts_per_task, horizon, seed=seed, device=device)
+        self.position = torch.zeros((*self.batch_size, 2), device=self.device)
+
+    def action_bounds(self) -> tuple[float, float]:
+        return -self.max_action, self.max_action
+
+    @classmethod
+    def task_goals(cls, tasks: TensorDictBase) -> torch.Tensor:
+        """The ``"goal"`` entry of ``tasks``, checked to be ``[n, 2]``."""
+        if "goal" not in tasks.keys():
+            raise TaskError(f"{cls.family}: tasks need a 'goal' entry, got keys {sorted(tasks.keys())}")
+        goal = tasks.get("goal")
+        if goal.shape[-1:] != torch.Size([2]):
+            raise TaskError(f"{cls.family}: goal must have shape [n, 2], got {list(goal.shape)}")
+        return goal
+
+    def reward(self, position: torch.Tensor, next_position: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """Reward of the step ``position -> next_position`` for ``goal``."""
+        raise NotImplementedError
+
+    def _observation(self) -> torch.Tensor:
+        return self.position.clone()
+
+    def _advance(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        position = self.position
+        self.position = position + action.clamp(-self.max_action, self.max_action)
+        reward = self.reward(position, self.position, self.tasks.get("goal").unsqueeze(1))
+        return reward, torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+
+
 @register("Point-Corner")
-class PointCorner(BatchedMetaEnv):
+class PointCorner(PointGoalEnv):
     """Batched 2D point robot whose task is to reach one of four corners (ProMP's sparse point env).
 
     Args:
@@ -72,10 +128,6 @@ class PointCorner(BatchedMetaEnv):
     Tasks: ``TensorDict({"goal": [n, 2]})`` with every goal one of ``(+-2, +-2)``.
     """
 
-    observation_dim = 2
-    action_dim = 2
-    REWARD_TYPES = ("sparse", "dense")
-
     def __init__(
         self,
         n_tasks: int,
@@ -87,16 +139,8 @@ class PointCorner(BatchedMetaEnv):
         seed: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
-        if reward_type not in self.REWARD_TYPES:
-            raise ConfigError(f"Point-Corner: reward_type must be one of {self.REWARD_TYPES}, got {reward_type!r}")
-        self.reward_type = reward_type
         self.sparse_radius = float(sparse_radius)
-        self.max_action = float(max_action)
-        super().__init__(n_tasks, rollouts_per_task, horizon, seed=seed, device=device)
-        self.position = torch.zeros((*self.batch_size, 2), device=self.device)
-
-    def action_bounds(self) -> tuple[float, float]:
-        return -self.max_action, self.max_action
+        super().__init__(n_tasks, rollouts_per_task, horizon, reward_type, max_action, seed=seed, device=device)
 
     @classmethod
     def sample_tasks(cls, n: int, generator: torch.Generator, **family_kwargs: Any) -> TensorDict:
@@ -106,11 +150,7 @@ class PointCorner(BatchedMetaEnv):
 
     @classmethod
     def validate_tasks(cls, tasks: TensorDictBase, **family_kwargs: Any) -> None:
-        if "goal" not in tasks.keys():
-            raise TaskError(f"Point-Corner: tasks need a 'goal' entry, got keys {sorted(tasks.keys())}")
-        goal = tasks.get("goal")
-        if goal.shape[-1:] != torch.Size([2]):
-            raise TaskError(f"Point-Corner: goal must have shape [n, 2], got {list(goal.shape)}")
+        goal = cls.task_goals(tasks)
         is_corner = (goal.unsqueeze(-2) == CORNERS.to(goal)).all(-1).any(-1)
         if not is_corner.all():
             raise TaskError(
@@ -121,15 +161,8 @@ class PointCorner(BatchedMetaEnv):
         noise = torch.rand((*self.batch_size, 2), generator=self.rng, device=self.device) * 0.4 - 0.2
         self.position = torch.where(reset_mask.unsqueeze(-1), noise, self.position)
 
-    def _observation(self) -> torch.Tensor:
-        return self.position.clone()
-
-    def _advance(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        position = self.position
-        self.position = position + action.clamp(-self.max_action, self.max_action)
-        goal = self.tasks.get("goal").unsqueeze(1)
-        reward = corner_reward(position, self.position, goal, self.reward_type, self.sparse_radius)
-        return reward, torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+    def reward(self, position: torch.Tensor, next_position: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return corner_reward(position, next_position, goal, self.reward_type, self.sparse_radius)
 
 
 def semicircle_reward(
@@ -147,7 +180,7 @@ def semicircle_reward(
 
 
 @register("Point-Semicircle")
-class PointSemicircle(BatchedMetaEnv):
+class PointSemicircle(PointGoalEnv):
     """Batched 2D point robot with a goal on a semicircle (PEARL's sparse point robot; MAME appendix).
 
     The state is the 2D position, starting at the centre ``(0, 0)`` (no reset noise); the action
@@ -165,10 +198,6 @@ class PointSemicircle(BatchedMetaEnv):
     Tasks: ``TensorDict({"goal": [n, 2]})``, ``goal = radius * (cos a, sin a)`` with ``a ~ U(0, pi)``.
     """
 
-    observation_dim = 2
-    action_dim = 2
-    REWARD_TYPES = ("sparse", "dense")
-
     def __init__(
         self,
         n_tasks: int,
@@ -181,20 +210,12 @@ class PointSemicircle(BatchedMetaEnv):
         seed: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
-        if reward_type not in self.REWARD_TYPES:
-            raise ConfigError(f"Point-Semicircle: reward_type must be one of {self.REWARD_TYPES}, got {reward_type!r}")
-        for name, value in (("radius", radius), ("goal_radius", goal_radius), ("max_action", max_action)):
+        for name, value in (("radius", radius), ("goal_radius", goal_radius)):
             if not value > 0:
                 raise ConfigError(f"Point-Semicircle: {name} must be positive, got {value!r}")
-        self.reward_type = reward_type
         self.radius = float(radius)
         self.goal_radius = float(goal_radius)
-        self.max_action = float(max_action)
-        super().__init__(n_tasks, rollouts_per_task, horizon, seed=seed, device=device)
-        self.position = torch.zeros((*self.batch_size, 2), device=self.device)
-
-    def action_bounds(self) -> tuple[float, float]:
-        return -self.max_action, self.max_action
+        super().__init__(n_tasks, rollouts_per_task, horizon, reward_type, max_action, seed=seed, device=device)
 
     def family_kwargs(self) -> dict[str, Any]:
         return {"radius": self.radius}
@@ -208,11 +229,7 @@ class PointSemicircle(BatchedMetaEnv):
 
     @classmethod
     def validate_tasks(cls, tasks: TensorDictBase, radius: float = 1.0, **family_kwargs: Any) -> None:
-        if "goal" not in tasks.keys():
-            raise TaskError(f"Point-Semicircle: tasks need a 'goal' entry, got keys {sorted(tasks.keys())}")
-        goal = tasks.get("goal")
-        if goal.shape[-1:] != torch.Size([2]):
-            raise TaskError(f"Point-Semicircle: goal must have shape [n, 2], got {list(goal.shape)}")
+        goal = cls.task_goals(tasks)
         on_arc = ((goal.norm(dim=-1) - radius).abs() <= 1e-4 * radius) & (goal[:, 1] >= -1e-4 * radius)
         if not on_arc.all():
             raise TaskError(
@@ -223,11 +240,5 @@ class PointSemicircle(BatchedMetaEnv):
     def _reset_copies(self, reset_mask: torch.Tensor) -> None:
         self.position = torch.where(reset_mask.unsqueeze(-1), torch.zeros_like(self.position), self.position)
 
-    def _observation(self) -> torch.Tensor:
-        return self.position.clone()
-
-    def _advance(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.position = self.position + action.clamp(-self.max_action, self.max_action)
-        goal = self.tasks.get("goal").unsqueeze(1)
-        reward = semicircle_reward(self.position, goal, self.reward_type, self.goal_radius)
-        return reward, torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+    def reward(self, position: torch.Tensor, next_position: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return semicircle_reward(next_position, goal, self.reward_type, self.goal_radius)
