@@ -25,12 +25,10 @@ class GaussianActor:
         policy: nn.Module,
         params: TensorDictBase,
         generator: torch.Generator,
-        deterministic: bool = False,
     ) -> None:
         self.policy = policy
         self.params = params.detach()
         self.generator = generator
-        self.deterministic = deterministic
 
     def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
         observation = tensordict.get("observation")
@@ -39,11 +37,8 @@ class GaussianActor:
             policy_device = next(iter(self.params.values(True, True))).device
             mean, log_std = call_per_task(self.policy, self.params, observation.to(policy_device))
             mean, log_std = mean.to(observation.device), log_std.to(observation.device)
-            if self.deterministic:
-                action = mean
-            else:
-                noise = torch.randn(mean.shape, generator=self.generator, dtype=mean.dtype, device=self.generator.device)
-                action = mean + log_std.exp() * noise.to(mean.device)
+            noise = torch.randn(mean.shape, generator=self.generator, dtype=mean.dtype, device=self.generator.device)
+            action = mean + log_std.exp() * noise.to(mean.device)
             tensordict.set("action", action)
             tensordict.set("action_log_prob", gaussian_log_prob(mean, log_std, action))
         return tensordict

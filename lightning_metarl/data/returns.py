@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import torch
 
+from lightning_metarl.masking import masked_mean, zero_padding
+from lightning_metarl.masking import valid as valid_steps
 
-def _valid(mask: torch.Tensor) -> torch.Tensor:
-    return mask if mask.dtype == torch.bool else mask != 0
-
-
-def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(_valid(mask), x, torch.zeros((), dtype=x.dtype, device=x.device))
+__all__ = [
+    "discount_weights",
+    "discounted_returns",
+    "discounted_rewards",
+    "gae",
+    "masked_mean",
+    "n_step_returns",
+    "normalize_advantages",
+]
 
 
 def discount_weights(horizon: int, discount: float, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
@@ -34,7 +39,7 @@ def discounted_rewards(rewards: torch.Tensor, mask: torch.Tensor, discount: floa
     (ALGORITHMS.md, "Inner objectives: DiCE").
     """
     weights = discount_weights(rewards.shape[-1], discount, rewards.dtype, rewards.device)
-    return _zero_padding(rewards, mask) * weights
+    return zero_padding(rewards, mask) * weights
 
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:
@@ -42,8 +47,8 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: floa
 
     A 0 in ``mask`` cuts the sum: nothing after it flows back into earlier steps.
     """
-    rewards = _zero_padding(rewards, mask)
-    valid = _valid(mask).to(rewards.dtype)
+    rewards = zero_padding(rewards, mask)
+    valid = valid_steps(mask).to(rewards.dtype)
     out = torch.empty_like(rewards)
     running = torch.zeros_like(rewards[..., 0])
     for t in range(rewards.shape[-1] - 1, -1, -1):
@@ -60,8 +65,8 @@ def n_step_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float, n
     """
     if n < 1:
         raise ValueError(f"n must be a positive integer, got {n}")
-    rewards = _zero_padding(rewards, mask)
-    valid = _valid(mask)
+    rewards = zero_padding(rewards, mask)
+    valid = valid_steps(mask)
     horizon = rewards.shape[-1]
     out = rewards.clone()
     alive = valid  # alive[..., t]: steps t..t+k all belong to the episode
@@ -70,7 +75,7 @@ def n_step_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float, n
         alive = alive & torch.cat([valid[..., k:], pad], dim=-1)
         shifted = torch.cat([rewards[..., k:], torch.zeros_like(rewards[..., :k])], dim=-1)
         out = out + (discount**k) * torch.where(alive, shifted, torch.zeros_like(shifted))
-    return _zero_padding(out, mask)
+    return zero_padding(out, mask)
 
 
 def gae(
@@ -86,19 +91,10 @@ def gae(
     valid step; ``A_t = sum_l (discount * gae_lambda)^l delta_{t+l}``. With ``gae_lambda = 1``
     this is ``discounted_returns - values``. Returns 0 on padding.
     """
-    rewards, values = _zero_padding(rewards, mask), _zero_padding(values, mask)
+    rewards, values = zero_padding(rewards, mask), zero_padding(values, mask)
     next_values = torch.cat([values[..., 1:], torch.zeros_like(values[..., :1])], dim=-1)
     deltas = rewards + discount * next_values - values
     return discounted_returns(deltas, mask, discount * gae_lambda)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | tuple[int, ...] | None = None) -> torch.Tensor:
-    """Mean of ``x`` over the entries where ``mask`` is 1 (over ``dim``, or all if ``None``)."""
-    x = _zero_padding(x, mask)
-    count = _valid(mask).to(x.dtype)
-    if dim is None:
-        return x.sum() / count.sum().clamp_min(1)
-    return x.sum(dim) / count.sum(dim).clamp_min(1)
 
 
 def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, dims: tuple[int, ...], eps: float = 1e-8) -> torch.Tensor:
@@ -108,9 +104,9 @@ def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, dims: tup
     ``normalize_advantages``; 0 on padding. The reference implementations normalise per task:
     pass the rollout and time dimensions.
     """
-    valid = _valid(mask)
+    valid = valid_steps(mask)
     count = valid.to(advantages.dtype).sum(dims, keepdim=True).clamp_min(1)
-    mean = _zero_padding(advantages, valid).sum(dims, keepdim=True) / count
-    centered = _zero_padding(advantages - mean, valid)
+    mean = zero_padding(advantages, valid).sum(dims, keepdim=True) / count
+    centered = zero_padding(advantages - mean, valid)
     var = centered.pow(2).sum(dims, keepdim=True) / count
     return centered / (var.sqrt() + eps)

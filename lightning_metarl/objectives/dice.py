@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lightning_metarl.objectives._masking import SAMPLE_DIMS, zero_padding
+from lightning_metarl.masking import SAMPLE_DIMS, zero_padding
 
 
 def magic_box(x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_metarl.objectives._masking import SAMPLE_DIMS, zero_padding
+from lightning_metarl.masking import SAMPLE_DIMS, masked_mean, zero_padding
 from lightning_metarl.objectives.dice import magic_box
 
 
@@ -23,8 +23,7 @@ def per_task_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
     Padding entries are ignored even if they are not finite; a task without valid samples gives 0.
     """
-    total = zero_padding(x, mask).sum(SAMPLE_DIMS)
-    return total / mask.bool().sum(SAMPLE_DIMS).clamp_min(1).to(total.dtype)
+    return masked_mean(x, mask, SAMPLE_DIMS)
 
 
 def vpg_loss(log_prob: torch.Tensor, advantage: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

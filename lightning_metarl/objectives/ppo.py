@@ -22,7 +22,7 @@ from tensordict import TensorDict, TensorDictBase
 from torch import nn
 from torchrl.objectives import LossModule
 
-from lightning_metarl.objectives._masking import zero_padding
+from lightning_metarl.masking import zero_padding
 from lightning_metarl.objectives.policy_gradient import per_task_mean
 
 
