@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_metarl.algorithms import EMAML, MAML, MetaRLModule, ProMP
+from lightning_metarl.objectives import likelihood_ratio_loss, lvc_loss
 
 SIZES = dict(meta_batch_size=3, rollouts_per_task=4, horizon=8, env_kwargs={"reward_type": "dense"})
 
@@ -52,6 +53,42 @@ def test_promp_without_clipping_and_kl_equals_maml_lvc_likelihood_ratio():
             p.add_(1e-2 * torch.randn_like(p))
     terms = clipped.loss_terms(inner, post, old_steps)
     assert terms["clip_fraction"] > 0
+
+
+@pytest.mark.parametrize("cls, kwargs", [(ProMP, {}), (MAML, {"inner_objective": "lvc"})], ids=["promp", "maml_lvc"])
+def test_lvc_inner_step_is_importance_weighted_away_from_the_sampling_policy(cls, kwargs):
+    module = build(cls, **kwargs)
+    inner, _ = collect_batches(module)
+    batch = inner[0]
+    mask, advantage = batch.get("mask"), batch.get("advantage")
+
+    def step_by_hand(params, loss_of_log_prob):
+        params = params.detach().requires_grad_(True)
+        keys = list(params.keys(True, True))
+        loss = loss_of_log_prob(module.log_prob(params, batch)).sum()
+        grads = torch.autograd.grad(loss, [params.get(k) for k in keys])
+        return {k: params.get(k) - 0.1 * g for k, g in zip(keys, grads)}
+
+    at_old = module.policy_params().expand(SIZES["meta_batch_size"])
+    moved = at_old.detach().apply(lambda p: p + 0.1 * torch.randn_like(p))
+
+    def weighted(log_prob):  # the ratio to the policy that sampled the batch, pi_theta / pi_theta_old
+        return likelihood_ratio_loss(log_prob, batch.get("action_log_prob"), advantage, mask)
+
+    def on_policy(log_prob):  # the formula pi_theta / ⊥pi_theta applied to another policy's samples
+        return lvc_loss(log_prob, advantage, mask)
+
+    for params in (at_old, moved):
+        stepped = module.inner_step(params, batch, create_graph=False)
+        for key, value in step_by_hand(params, weighted).items():
+            torch.testing.assert_close(stepped.get(key), value, rtol=1e-5, atol=1e-6)
+    # at the sampling parameters the two forms agree; away from them they do not
+    def gap(params):
+        a, b = step_by_hand(params, weighted), step_by_hand(params, on_policy)
+        return max((a[k] - b[k]).abs().max().item() for k in a)
+
+    assert gap(at_old) < 1e-6
+    assert gap(moved) > 1e-4
 
 
 def test_vpg_and_lvc_inner_steps_same_adaptation_different_meta_gradient():

@@ -96,6 +96,21 @@ def test_sparse_reward_pays_for_crossing_the_region_border():
     assert sum(rewards) > 3.9  # far above the 2.5 of the straight path, with no net progress
 
 
+def test_diagonal_zig_zag_across_the_radius_earns_fourteen():
+    """Out across the L1 radius (paid 0.2 * sqrt(2)), back in (free): 50 paid steps in H = 100."""
+    env = make_env("sparse", n_tasks=1, rollouts=1, horizon=100)
+    env.set_tasks(TensorDict({"goal": torch.tensor([[2.0, 2.0]])}, batch_size=[1]))
+    td = env.reset()
+    env.position = torch.zeros(1, 1, 2)
+    total = 0.0
+    for _ in range(100):
+        outside = env.position.abs().sum(-1, keepdim=True) >= 0.5
+        td = env.step(td.set("action", torch.where(outside, -0.2, 0.2).expand(1, 1, 2)))
+        total += td["next", "reward"].item()
+        td = td["next"]
+    assert total == pytest.approx(50 * 0.2 * math.sqrt(2), abs=1e-4)
+
+
 def test_check_env_specs_and_episode_end():
     env = make_env(n_tasks=3, rollouts=2, horizon=4)
     env.set_tasks(env.sample_tasks(3, torch.Generator().manual_seed(0)))

@@ -11,7 +11,7 @@ from lightning_metarl.algorithms.base import MetaRLModule
 from lightning_metarl.data.returns import discounted_rewards
 from lightning_metarl.errors import ConfigError
 from lightning_metarl.nn import linear_baseline_values
-from lightning_metarl.objectives import dice_loss, likelihood_ratio_loss, lvc_loss, trpo_step, vpg_loss
+from lightning_metarl.objectives import dice_loss, likelihood_ratio_loss, trpo_step, vpg_loss
 
 InnerObjective = Literal["vpg", "lvc", "dice"]
 OuterOptimizer = Literal["adam", "trpo"]
@@ -29,7 +29,9 @@ class MAML(MetaRLModule):
     - ``"lvc"``: ProMP's low-variance curvature surrogate. Same adapted parameters as
       ``"vpg"``; its Hessian adds the per-step score outer products, giving the pre-update
       policy credit for the adaptation (low variance; biased where rewards depend on earlier
-      actions).
+      actions). Written as the likelihood ratio to the sampling policy
+      (``batch["action_log_prob"]``), so that where the parameters have moved away from the
+      sampling ones (TRPO's line search) the inner step stays an importance-sampled gradient.
     - ``"dice"``: DiCE with a linear baseline fitted to the discounted per-step rewards; an
       unbiased Hessian estimate (high variance).
 
@@ -83,7 +85,7 @@ class MAML(MetaRLModule):
         if objective == "vpg":
             return vpg_loss(log_prob, batch.get("advantage"), batch.get("mask"))
         if objective == "lvc":
-            return lvc_loss(log_prob, batch.get("advantage"), batch.get("mask"))
+            return likelihood_ratio_loss(log_prob, batch.get("action_log_prob"), batch.get("advantage"), batch.get("mask"))
         return dice_loss(log_prob, batch.get(("next", "reward")).squeeze(-1), batch.get("mask"),
                          self.hparams.discount, baseline=self.dice_baseline(batch))
 

@@ -9,14 +9,16 @@ from tensordict import TensorDict, TensorDictBase
 
 from lightning_metarl.algorithms.base import MetaRLModule
 from lightning_metarl.errors import ConfigError
-from lightning_metarl.objectives import KLPenaltyCoefficient, ProMPLoss, lvc_loss
+from lightning_metarl.objectives import KLPenaltyCoefficient, ProMPLoss, likelihood_ratio_loss
 
 
 class ProMP(MetaRLModule):
     """Proximal Meta-Policy Search.
 
     Inner step: the low-variance curvature surrogate (LVC; seed 000, §3.2), whose Hessian gives
-    the pre-update sampling distribution credit for the adaptation. Outer: ``num_outer_steps``
+    the pre-update sampling distribution credit for the adaptation, written as the likelihood
+    ratio to the sampling policy so that it stays an importance-sampled policy gradient when
+    the outer steps move theta away from it (:meth:`inner_loss`). Outer: ``num_outer_steps``
     Adam steps on the same post-update batch (no resampling), each on
 
     ``L(theta) = mean_tasks L_clip(theta'(theta)) + mean_k eta_k * mean_tasks KL(pi_theta_k,old || pi_theta_k)``,
@@ -55,8 +57,18 @@ class ProMP(MetaRLModule):
         self.loss_module.set_keys(sample_log_prob="action_log_prob")
 
     def inner_loss(self, task_params: TensorDictBase, batch: TensorDictBase) -> torch.Tensor:
-        """Per-task LVC surrogate ``-mean pi_theta/⊥pi_theta A`` on a pre-update batch."""
-        return lvc_loss(self.log_prob(task_params, batch), batch.get("advantage"), batch.get("mask"))
+        """Per-task inner surrogate ``-mean pi_theta/pi_theta_old A`` on a pre-update batch.
+
+        ``pi_theta_old`` is the policy that sampled the batch (its stored ``action_log_prob``). At
+        the sampling parameters this is the LVC objective (seed 000, Eq. 10) in value, gradient
+        and Hessian; at the later outer steps on the same batch (``theta != theta_old``) the
+        importance weight keeps the inner step an off-policy estimate of the policy gradient at
+        the current ``theta`` (as in the reference implementation), rather than the
+        on-policy formula applied to another policy's samples.
+        """
+        return likelihood_ratio_loss(
+            self.log_prob(task_params, batch), batch.get("action_log_prob"), batch.get("advantage"), batch.get("mask")
+        )
 
     def loss_terms(
         self, inner_batches: list[TensorDictBase], post_batch: TensorDictBase, old_steps: list[TensorDictBase]

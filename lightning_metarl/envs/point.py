@@ -43,8 +43,9 @@ def corner_reward(
     last unrewarded step) minus (final distance), about 2.5 for the straight path. They do not
     telescope for paths that leave the region: a step out of it (across the L1 radius or into
     another corner's Voronoi cell) is free while the step back in is paid its progress, so a
-    policy that zig-zags across the region's border collects about 0.1 per step (about 10 over
-    H = 100). Learners find this (MAML-VPG reaches about 9.7 post-update), so returns above 2.5
+    policy that zig-zags across the region's border is paid on every other step: diagonal
+    steps across the L1 radius earn ``0.2 * sqrt(2)`` each way out, 14.1 over H = 100.
+    Learners find this (MAML-VPG and ProMP reach about 9.8 post-update), so returns above 2.5
     on this task mean the border is being exploited, not that the goal was reached.
     """
     next_distance = (next_position - goal).norm(dim=-1)
