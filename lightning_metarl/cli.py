@@ -103,6 +103,8 @@ class MetaRLCLI(LightningCLI):
             self.save_config_kwargs["config_filename"] = f"config_resume_{k}.yaml"
         elif ckpt_path is not None:
             _check_checkpoint(Path(ckpt_path))
+        if config.get("ckpt_path") is not None:
+            _check_same_hyperparameters(Path(config["ckpt_path"]), config.get("model"))
 
 
 def _tensorboard_init_args(logger: Any) -> dict[str, Any] | None:
@@ -139,6 +141,41 @@ def _check_checkpoint(path: Path) -> None:
     missing = [k for k in ("state_dict", "loops", "lightning_metarl_rng") if k not in checkpoint]
     if missing:
         raise CheckpointError(f"checkpoint {path} was not written by lightning_metarl (missing {', '.join(missing)})")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with namespaces as dicts and tuples as lists, for comparing configs."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_same_hyperparameters(path: Path, model: Any) -> None:
+    """Warn about model settings that differ from the checkpoint's hyperparameters.
+
+    Lightning rebuilds the model of a run started from a checkpoint with the checkpoint's
+    hyperparameters, so a changed ``--model...`` value is ignored; say so, naming each one.
+    """
+    saved = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters") or {}
+    init_args = _plain(model.get("init_args")) if model is not None and hasattr(model, "get") else None
+    if not saved or not isinstance(init_args, dict):
+        return
+    changed = [
+        f"model.init_args.{key}: {init_args[key]!r} (checkpoint: {_plain(saved[key])!r})"
+        for key in sorted(init_args)
+        if key in saved and init_args[key] != _plain(saved[key])
+    ]
+    if changed:
+        warnings.warn(
+            f"checkpoint {path} keeps its own hyperparameters; ignored: " + "; ".join(changed)
+            + ". Start a new run to change them.",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def main(args: list[str] | None = None) -> None:

@@ -118,3 +118,11 @@ def test_validate_and_test_adapt_on_held_out_tasks(in_tmp: Path):
     # the same checkpoint and held-out tasks give the same numbers as the end-of-epoch validation
     fit_value = read_scalars(run)["val/return/post_update"]
     assert list(evaluated[0]["val/return/post_update"].values()) == list(fit_value.values())
+
+
+def test_model_settings_that_a_checkpoint_overrides_are_named(in_tmp: Path):
+    fit(epochs=1)
+    last = in_tmp / "runs" / "point_corner_maml" / "version_0" / "checkpoints" / "last.ckpt"
+    with pytest.warns(UserWarning, match=r"ignored: model\.init_args\.inner_lr: 0\.5 \(checkpoint: 0\.1\)"):
+        main(["validate", "--config", str(POINT_CONFIG), *TINY, "--ckpt_path", str(last),
+              "--model.init_args.inner_lr", "0.5"])
