@@ -93,7 +93,7 @@ class MetaRLCLI(LightningCLI):
             if logger_args is None:
                 raise CheckpointError("--ckpt_path last needs the TensorBoard logger to find the run folder")
             run_dir = Path(logger_args.get("save_dir", "runs")) / logger_args["name"]
-            version, last = _newest_last_checkpoint(run_dir)
+            version, last, checkpoint = _newest_last_checkpoint(run_dir)
             logger_args["version"] = version
             config["ckpt_path"] = str(last)
             # The run folder already holds config.yaml: save this run's config beside it.
@@ -102,9 +102,10 @@ class MetaRLCLI(LightningCLI):
                 k += 1
             self.save_config_kwargs["config_filename"] = f"config_resume_{k}.yaml"
         elif ckpt_path is not None:
-            _check_checkpoint(Path(ckpt_path))
-        if config.get("ckpt_path") is not None:
-            _check_same_hyperparameters(Path(config["ckpt_path"]), config.get("model"))
+            checkpoint = _check_checkpoint(Path(ckpt_path))
+        else:
+            return
+        _check_same_hyperparameters(Path(config["ckpt_path"]), checkpoint, config.get("model"))
 
 
 def _tensorboard_init_args(logger: Any) -> dict[str, Any] | None:
@@ -118,20 +119,19 @@ def _tensorboard_init_args(logger: Any) -> dict[str, Any] | None:
     return logger["init_args"]
 
 
-def _newest_last_checkpoint(run_dir: Path) -> tuple[int | str, Path]:
-    """The version folder under ``run_dir`` with the newest ``checkpoints/last.ckpt``."""
+def _newest_last_checkpoint(run_dir: Path) -> tuple[int | str, Path, dict[str, Any]]:
+    """The version of the newest ``checkpoints/last.ckpt`` under ``run_dir``, its path and its contents."""
     candidates = sorted(run_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise CheckpointError(f"--ckpt_path last: no checkpoints/last.ckpt under {run_dir}/ (nothing to resume)")
     last = candidates[-1]
     name = last.parent.parent.name
     version: int | str = int(name.removeprefix("version_")) if name.removeprefix("version_").isdigit() else name
-    _check_checkpoint(last)
-    return version, last
+    return version, last, _check_checkpoint(last)
 
 
-def _check_checkpoint(path: Path) -> None:
-    """Raise :class:`CheckpointError` unless ``path`` is a readable checkpoint of this package."""
+def _check_checkpoint(path: Path) -> dict[str, Any]:
+    """The contents of ``path``; :class:`CheckpointError` unless it is a readable checkpoint of this package."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -141,6 +141,7 @@ def _check_checkpoint(path: Path) -> None:
     missing = [k for k in ("state_dict", "loops", "lightning_metarl_rng") if k not in checkpoint]
     if missing:
         raise CheckpointError(f"checkpoint {path} was not written by lightning_metarl (missing {', '.join(missing)})")
+    return checkpoint
 
 
 def _plain(value: Any) -> Any:
@@ -154,13 +155,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _check_same_hyperparameters(path: Path, model: Any) -> None:
+def _check_same_hyperparameters(path: Path, checkpoint: dict[str, Any], model: Any) -> None:
     """Warn about model settings that differ from the checkpoint's hyperparameters.
 
     Lightning rebuilds the model of a run started from a checkpoint with the checkpoint's
     hyperparameters, so a changed ``--model...`` value is ignored; say so, naming each one.
     """
-    saved = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters") or {}
+    saved = checkpoint.get("hyper_parameters") or {}
     init_args = _plain(model.get("init_args")) if model is not None and hasattr(model, "get") else None
     if not saved or not isinstance(init_args, dict):
         return

@@ -64,16 +64,20 @@ D, ALPHA, SIGMA = sp.symbols("d alpha sigma", real=True)
 
 
 # ---------------------------------------------------------------------------- exact values
-def gaussian_expectation(expr: sp.Expr, noise: list[sp.Symbol]) -> sp.Expr:
-    """``E[expr]`` for independent standard normal ``noise``, ``expr`` polynomial in them."""
-    poly = sp.Poly(sp.expand(expr), *noise)
+def poly_expectation(poly: sp.Poly) -> sp.Expr:
+    """``E[poly]`` for independent standard normal generators: ``E[e^n] = (n-1)!!`` for even ``n``, else 0."""
     total = sp.Integer(0)
     for powers, coeff in poly.terms():
         moment = sp.Integer(1)
         for n in powers:
             moment *= 0 if n % 2 else sp.factorial2(n - 1)
         total += coeff * moment
-    return sp.expand(total)
+    return total
+
+
+def gaussian_expectation(expr: sp.Expr, noise: list[sp.Symbol]) -> sp.Expr:
+    """``E[expr]`` for independent standard normal ``noise``, ``expr`` polynomial in them."""
+    return sp.expand(poly_expectation(sp.Poly(sp.expand(expr), *noise)))
 
 
 @functools.cache
@@ -287,15 +291,6 @@ def exact_estimator_moments(point: tuple[float, float, float]) -> dict[str, tupl
     def poly(x) -> sp.Poly:
         return sp.Poly(x, *noise, domain="QQ")
 
-    def expectation(p: sp.Poly) -> sp.Rational:
-        total = sp.Integer(0)
-        for powers, coeff in p.terms():
-            moment = sp.Integer(1)
-            for n in powers:
-                moment *= 0 if n % 2 else sp.factorial2(n - 1)
-            total += coeff * moment
-        return total
-
     eps = [noise[i * T : (i + 1) * T] for i in range(K)]
     score = [[poly(e / sigma) for e in row] for row in eps]
     rewards = [[poly(-((d + sigma * e) ** 2)) for e in row] for row in eps]
@@ -311,8 +306,8 @@ def exact_estimator_moments(point: tuple[float, float, float]) -> dict[str, tupl
     moments = {}
     for name, h in h_score.items():
         estimate = (poly(d) + g_hat * alpha) * (-2) * (poly(1) + (d_fixed + h) * alpha)
-        mean = expectation(estimate)
-        moments[name] = (float(mean), float(expectation(estimate**2) - mean**2))
+        mean = poly_expectation(estimate)
+        moments[name] = (float(mean), float(poly_expectation(estimate**2) - mean**2))
     return moments
 
 
