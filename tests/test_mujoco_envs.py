@@ -19,7 +19,7 @@ from lightning_metarl.errors import ActionError, ConfigError, TaskError
 
 ASSETS = Path(gymnasium.__file__).resolve().parent / "envs" / "mujoco" / "assets"
 
-#: family -> (model file, frame skip), as in ENVIRONMENTS.md
+#: family -> (model file, frame skip), as in ProMP's definitions (Rothfuss et al. 2019)
 DEFINITIONS = {
     "HalfCheetah-Fwd-Bwd": ("half_cheetah.xml", 5),
     "HalfCheetah-Vel": ("half_cheetah.xml", 5),
@@ -57,7 +57,7 @@ def tasks_for(env, seed: int = 0) -> TensorDict:
 
 # ---------------------------------------------------------------------------- the reference
 class ReferenceCopy:
-    """One copy simulated with ``mujoco.mj_step`` on its own ``MjData``, reward per ENVIRONMENTS.md."""
+    """One copy simulated with ``mujoco.mj_step`` on its own ``MjData``, reward per ProMP's definition."""
 
     def __init__(self, family: str, task: TensorDict, qpos: np.ndarray, qvel: np.ndarray) -> None:
         self.family = family
@@ -467,7 +467,7 @@ def test_bad_actions_and_config_are_rejected():
     with pytest.raises(ConfigError, match="Ant-Goal"):
         make("Ant-Goal", reward_type="sparse")
     with pytest.raises(TaskError, match="set_tasks"):
-        make("Hopper-Rand-Params").reset()
+        make("Hopper-Rand-Params").step(TensorDict({"action": torch.zeros(2, 1, 3)}, batch_size=[2, 1]))
 
 
 # ---------------------------------------------------------------------------- actions and contact forces

@@ -150,8 +150,8 @@ def test_bad_input_is_rejected_with_clear_errors():
     with pytest.raises(ConfigError, match="horizon"):
         envs.make("Point-Corner", n_tasks=1, rollouts_per_task=1, horizon=0)
     env = make_env(n_tasks=2, rollouts=1)
-    with pytest.raises(TaskError, match="reset"):
-        env.reset()
+    with pytest.raises(TaskError, match="set_tasks"):
+        env.step(TensorDict({"action": torch.zeros(2, 1, 2)}, batch_size=[2, 1]))
     with pytest.raises(TaskError, match="corner"):
         env.set_tasks(TensorDict({"goal": torch.tensor([[2.0, 2.0], [1.0, 2.0]])}, batch_size=[2]))
     with pytest.raises(TaskError, match="batch size"):

@@ -12,15 +12,17 @@ A family subclass defines:
   :meth:`BatchedMetaEnv.validate_tasks`;
 - the dynamics: :meth:`BatchedMetaEnv._reset_copies` and :meth:`BatchedMetaEnv._advance`.
 
-Episodes last ``horizon`` steps. A copy whose episode terminates early reports
+Episodes last ``horizon`` steps (by default the family's :attr:`BatchedMetaEnv.default_horizon`,
+the path length of the benchmark it comes from). A copy whose episode terminates early reports
 ``terminated=True`` at that step and is not reset inside the episode: the collector masks its
 remaining steps (``mask=0``), which is how the reference samplers pad paths to the horizon.
 """
 
 from __future__ import annotations
 
+import operator
 from abc import abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -36,36 +38,50 @@ class BatchedMetaEnv(EnvBase):
     Args:
         n_tasks: number of tasks evaluated together (the meta-batch).
         rollouts_per_task: copies (trajectories) per task.
-        horizon: episode length H; ``truncated`` is set at step H.
-        seed: seed of the generator that draws reset noise.
+        horizon: episode length H; ``truncated`` is set at step H. ``None``: the family's
+            :attr:`default_horizon`.
+        seed: seed of the generator that draws reset noise (and the tasks drawn when none are set).
         device: torch device of all tensors.
 
-    Tasks are set with :meth:`set_tasks` before :meth:`reset`; every copy of task ``i`` shares
-    its parameters ``tasks[i]``.
+    Tasks are set with :meth:`set_tasks`; every copy of task ``i`` shares its parameters
+    ``tasks[i]``. A :meth:`reset` with no tasks set first draws ``n_tasks`` tasks from the env's
+    own generator :attr:`rng` (so ``env.rollout(env.horizon)`` works right after construction);
+    tasks once set are kept until the next :meth:`set_tasks`.
     """
 
     #: Family name under which it is registered (set by :func:`lightning_metarl.envs.register`).
     family: str = ""
+    #: Episode length H used when ``horizon`` is not given (set per family).
+    default_horizon: ClassVar[int]
     observation_dim: int
     action_dim: int
 
     def __init__(
         self,
-        n_tasks: int,
-        rollouts_per_task: int,
-        horizon: int,
+        n_tasks: int = 1,
+        rollouts_per_task: int = 1,
+        horizon: int | None = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
-        for name, value in (("n_tasks", n_tasks), ("rollouts_per_task", rollouts_per_task), ("horizon", horizon)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{type(self).__name__}: {name} must be a positive integer, got {value!r}")
+        name = type(self).family or type(self).__name__
+        if horizon is None:
+            horizon = getattr(type(self), "default_horizon", None)
+            if horizon is None:
+                raise ConfigError(f"{name}: no horizon given and the family has no default_horizon")
+        for arg, value in (("n_tasks", n_tasks), ("rollouts_per_task", rollouts_per_task), ("horizon", horizon)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}: {arg} must be a positive integer, got {value!r}")
+        try:
+            seed = operator.index(seed)
+        except TypeError:
+            raise ConfigError(f"{name}: seed must be an integer, got {seed!r}") from None
         super().__init__(batch_size=torch.Size([n_tasks, rollouts_per_task]), device=device)
         self.n_tasks = n_tasks
         self.rollouts_per_task = rollouts_per_task
         self.horizon = horizon
         self.rng = torch.Generator(device=self.device)
-        self.rng.manual_seed(int(seed))
+        self.rng.manual_seed(seed)
         self.tasks: TensorDictBase | None = None
         self.step_count = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
         action_shape = (*self.batch_size, self.action_dim)
@@ -136,6 +152,18 @@ class BatchedMetaEnv(EnvBase):
         self.validate_tasks(tasks, **self.family_kwargs())
         self.tasks = tasks.to(self.device)
 
+    def _sample_own_tasks(self) -> TensorDict:
+        """``n_tasks`` tasks drawn from :attr:`rng` (the families draw tasks on the CPU)."""
+        generator = self.rng
+        if generator.device.type != "cpu":
+            seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
+            generator = torch.Generator().manual_seed(seed)
+        return self.sample_tasks(self.n_tasks, generator, **self.family_kwargs())
+
+    def _require_tasks(self) -> None:
+        if self.tasks is None:
+            raise TaskError(f"{self.family}: no tasks set; call set_tasks(tasks) or reset() before step()")
+
     # ------------------------------------------------------------------ EnvBase
     def _set_seed(self, seed: int | None) -> None:
         if seed is not None:
@@ -143,7 +171,7 @@ class BatchedMetaEnv(EnvBase):
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
         if self.tasks is None:
-            raise TaskError(f"{self.family}: call set_tasks(tasks) before reset()")
+            self.set_tasks(self._sample_own_tasks())
         mask = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
         if tensordict is not None and "_reset" in tensordict.keys():
             mask = tensordict.get("_reset").reshape(self.batch_size)
@@ -157,6 +185,7 @@ class BatchedMetaEnv(EnvBase):
         )
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self._require_tasks()
         action = self.check_action(tensordict.get("action"))
         reward, terminated = self._advance(action)
         self.step_count = self.step_count + 1

@@ -1,11 +1,12 @@
-"""The MuJoCo locomotion task families of ProMP / MAME (seed 000, Figure 2).
+"""The MuJoCo locomotion task families of ProMP (Rothfuss et al. 2019), as used by MAME.
 
 Each family is a short definition on :class:`~lightning_metarl.envs.mujoco_env.MujocoMetaEnv`:
-model file, frame skip, reset noise, observation, reward, termination and task distribution,
-following ``ENVIRONMENTS.md`` of the reference definitions (the ProMP code base and its
-``rand_param_envs`` dependency). ``vx`` is the root's x displacement over ``dt = timestep *
-frame_skip``; ``||a||^2`` is the squared norm of the clipped action; the task is never part of
-the observation.
+model file, frame skip, reset noise, observation, reward, termination, task distribution and
+default horizon (:attr:`~lightning_metarl.envs.base.BatchedMetaEnv.default_horizon`), following
+the reference definitions of the ProMP code base (Rothfuss et al. 2019) and its
+``rand_param_envs`` dependency (Clavera et al.). ``vx`` is the root's x displacement over
+``dt = timestep * frame_skip``; ``||a||^2`` is the squared norm of the clipped action; the task
+is never part of the observation.
 
 The models are gymnasium's v5 XML files (``half_cheetah.xml``, ``ant.xml``, ``walker2d_v5.xml``,
 ``hopper.xml``) rather than the MuJoCo 1.31/1.5-era files of the reference code; the reward
@@ -73,7 +74,7 @@ class DirectionTasks:
 
 
 class PhysicsTasks:
-    """Tasks of per-element multipliers of the model's physics (``rand_param_envs``).
+    """Tasks of per-element multipliers of the model's physics (``rand_param_envs`` of Clavera et al. / ProMP).
 
     Every task draws an independent multiplier for every element of ``body_mass``,
     ``body_inertia`` and ``geom_friction`` (``1.5^U(-3, 3)``) and of ``dof_damping``
@@ -124,7 +125,7 @@ class PhysicsTasks:
 class HalfCheetah(MujocoMetaEnv):
     """Planar half-cheetah, ``half_cheetah.xml``, frame skip 5 (``dt = 0.05``).
 
-    Observation ``qpos[1:] || qvel`` (17). Reset noise ``U(+-0.1)`` on ``qpos`` (ENVIRONMENTS.md)
+    Observation ``qpos[1:] || qvel`` (17). Reset noise ``U(+-0.1)`` on ``qpos`` (ProMP's definition)
     and ``N(0, 0.1^2)`` on ``qvel`` (the reference code's ``reset_model``, which is gym's
     half-cheetah's). Never terminates.
     """
@@ -153,8 +154,7 @@ class HalfCheetahFwdBwd(DirectionTasks, HalfCheetah):
     Tasks: ``{"direction": d}``, ``d in {-1, +1}``.
     """
 
-    def __init__(self, n_tasks: int, rollouts_per_task: int, horizon: int = 100, **kwargs: Any) -> None:
-        super().__init__(n_tasks, rollouts_per_task, horizon, **kwargs)
+    default_horizon = 100
 
     def reward_and_termination(self, qpos_before, state, action):
         reward = self.direction() * self.forward_velocity(qpos_before, state) - 0.05 * control_cost(action)
@@ -169,9 +169,7 @@ class HalfCheetahVel(HalfCheetah):
     """
 
     MAX_VELOCITY: ClassVar[float] = 3.0
-
-    def __init__(self, n_tasks: int, rollouts_per_task: int, horizon: int = 200, **kwargs: Any) -> None:
-        super().__init__(n_tasks, rollouts_per_task, horizon, **kwargs)
+    default_horizon = 200
 
     @classmethod
     def sample_tasks(cls, n: int, generator: torch.Generator, **family_kwargs: Any) -> TensorDict:
@@ -242,8 +240,7 @@ class AntFwdBwd(DirectionTasks, Ant):
     ``{"direction": d}``, ``d in {-1, +1}``.
     """
 
-    def __init__(self, n_tasks: int, rollouts_per_task: int, horizon: int = 100, **kwargs: Any) -> None:
-        super().__init__(n_tasks, rollouts_per_task, horizon, **kwargs)
+    default_horizon = 100
 
     def reward_and_termination(self, qpos_before, state, action):
         vx = self.forward_velocity(qpos_before, state)
@@ -269,9 +266,7 @@ class AntGoal(Ant):
 
     SKIPPED_QPOS = 0
     GOAL_RADIUS: ClassVar[float] = 3.0
-
-    def __init__(self, n_tasks: int, rollouts_per_task: int, horizon: int = 200, **kwargs: Any) -> None:
-        super().__init__(n_tasks, rollouts_per_task, horizon, **kwargs)
+    default_horizon = 200
 
     @classmethod
     def sample_tasks(cls, n: int, generator: torch.Generator, **family_kwargs: Any) -> TensorDict:
@@ -338,9 +333,7 @@ class Walker2DFwdBwd(DirectionTasks, PlanarWalker):
 
     model_file = "walker2d_v5.xml"
     frame_skip = 8
-
-    def __init__(self, n_tasks: int, rollouts_per_task: int, horizon: int = 200, **kwargs: Any) -> None:
-        super().__init__(n_tasks, rollouts_per_task, horizon, **kwargs)
+    default_horizon = 200
 
     def reward_and_termination(self, qpos_before, state, action):
         return self.running_reward(qpos_before, state, action, self.direction()), self.walker_fell(state)
@@ -359,9 +352,7 @@ class Walker2DRandParams(PhysicsTasks, PlanarWalker):
     model_file = "walker2d_v5.xml"
     frame_skip = 4
     physics_tasks = True
-
-    def __init__(self, n_tasks: int, rollouts_per_task: int, horizon: int = 200, **kwargs: Any) -> None:
-        super().__init__(n_tasks, rollouts_per_task, horizon, **kwargs)
+    default_horizon = 200
 
     def reward_and_termination(self, qpos_before, state, action):
         return self.running_reward(qpos_before, state, action), self.walker_fell(state)
@@ -379,9 +370,7 @@ class HopperRandParams(PhysicsTasks, PlanarWalker):
     model_file = "hopper.xml"
     frame_skip = 4
     physics_tasks = True
-
-    def __init__(self, n_tasks: int, rollouts_per_task: int, horizon: int = 200, **kwargs: Any) -> None:
-        super().__init__(n_tasks, rollouts_per_task, horizon, **kwargs)
+    default_horizon = 200
 
     def reward_and_termination(self, qpos_before, state, action):
         s = torch.cat((state.qpos, state.qvel), dim=-1)

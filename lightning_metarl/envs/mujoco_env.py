@@ -7,7 +7,8 @@ pool) with ``nstep = frame_skip``. Observations, rewards and terminations are co
 vectorized in torch from the returned states; contact forces (``cfrc_ext``) come from MuJoCo
 contact sensors evaluated inside the same call. No per-copy Python code runs on the step path.
 
-Conventions shared by all families (``ENVIRONMENTS.md`` of the reference definitions):
+Conventions shared by all families (the reference definitions of the ProMP code base,
+Rothfuss et al. 2019, and its ``rand_param_envs`` of Clavera et al.):
 
 - **Actions.** The policy acts in the actuators' control box scaled by ``action_scale`` about its
   centre (reference: ``[-10, 10]`` for the ``[-1, 1]`` controls of every model here). An action
@@ -213,7 +214,7 @@ class MujocoMetaEnv(BatchedMetaEnv):
     Args:
         n_tasks: number of tasks evaluated together (the meta-batch).
         rollouts_per_task: copies per task.
-        horizon: episode length H.
+        horizon: episode length H (``None``: the family's :attr:`default_horizon`).
         action_scale: the policy's action box is the control box scaled by this factor about its
             centre (reference: 10); see the module docstring.
         num_threads: threads of the physics pool (default: the CPUs available to this process).
@@ -236,9 +237,9 @@ class MujocoMetaEnv(BatchedMetaEnv):
 
     def __init__(
         self,
-        n_tasks: int,
-        rollouts_per_task: int,
-        horizon: int,
+        n_tasks: int = 1,
+        rollouts_per_task: int = 1,
+        horizon: int | None = None,
         action_scale: float = 10.0,
         num_threads: int | None = None,
         seed: int = 0,
@@ -435,6 +436,7 @@ class MujocoMetaEnv(BatchedMetaEnv):
         return reward, terminated
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self._require_tasks()
         action = self.check_action(tensordict.get("action"))
         reward, terminated = self._advance(action)
         self.step_count += 1

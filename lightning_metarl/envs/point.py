@@ -1,13 +1,14 @@
 """2D point-robot task families, stepped in vectorized torch.
 
-``Point-Corner`` is the sparse corner-goal point env of ProMP (seed 000, Figures 3-4; see
-``ENVIRONMENTS.md`` of the reference definitions): the state is the 2D position, reset uniform
-in ``[-0.2, 0.2]^2``; the action is clipped to ``+-0.2`` per axis and added to the position; an
-episode never terminates. A task is one of the four corners ``(+-2, +-2)``.
+``Point-Corner`` is the sparse corner-goal point env of ProMP (Rothfuss et al. 2019): the state
+is the 2D position, reset uniform in ``[-0.2, 0.2]^2``; the action is clipped to ``+-0.2`` per
+axis and added to the position; an episode never terminates. A task is one of the four corners
+``(+-2, +-2)``. Default horizon 100.
 
-``Point-Semicircle`` is PEARL's sparse point robot (seed 000 appendix, Figures 5-8): start at
-the centre, steps of at most ``0.1`` per axis, goal on the upper semicircle of radius 1, reward
-``1 - distance`` within ``0.2`` of the goal, else 0 (dense variant: ``-distance``).
+``Point-Semicircle`` is the sparse point robot of PEARL (Rakelly et al. 2019): start at the
+centre, steps of at most ``0.1`` per axis, goal on the upper semicircle of radius 1, reward
+``1 - distance`` within ``0.2`` of the goal, else 0 (dense variant: ``-distance``). Default
+horizon 20 (PEARL's path length for this task).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class PointGoalEnv(BatchedMetaEnv):
         self,
         n_tasks: int,
         rollouts_per_task: int,
-        horizon: int,
+        horizon: int | None,
         reward_type: str,
         max_action: float,
         seed: int = 0,
@@ -129,11 +130,13 @@ class PointCorner(PointGoalEnv):
     Tasks: ``TensorDict({"goal": [n, 2]})`` with every goal one of ``(+-2, +-2)``.
     """
 
+    default_horizon = 100
+
     def __init__(
         self,
-        n_tasks: int,
-        rollouts_per_task: int,
-        horizon: int = 100,
+        n_tasks: int = 1,
+        rollouts_per_task: int = 1,
+        horizon: int | None = None,
         reward_type: str = "sparse",
         sparse_radius: float = 0.5,
         max_action: float = 0.2,
@@ -182,7 +185,7 @@ def semicircle_reward(
 
 @register("Point-Semicircle")
 class PointSemicircle(PointGoalEnv):
-    """Batched 2D point robot with a goal on a semicircle (PEARL's sparse point robot; MAME appendix).
+    """Batched 2D point robot with a goal on a semicircle (PEARL's sparse point robot, Rakelly et al. 2019).
 
     The state is the 2D position, starting at the centre ``(0, 0)`` (no reset noise); the action
     is clipped to ``+-max_action`` per axis and added to the position; an episode never
@@ -199,11 +202,13 @@ class PointSemicircle(PointGoalEnv):
     Tasks: ``TensorDict({"goal": [n, 2]})``, ``goal = radius * (cos a, sin a)`` with ``a ~ U(0, pi)``.
     """
 
+    default_horizon = 20
+
     def __init__(
         self,
-        n_tasks: int,
-        rollouts_per_task: int,
-        horizon: int = 20,
+        n_tasks: int = 1,
+        rollouts_per_task: int = 1,
+        horizon: int | None = None,
         reward_type: str = "sparse",
         radius: float = 1.0,
         goal_radius: float = 0.2,
