@@ -30,3 +30,18 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | tuple[int, ...] 
     if dim is None:
         return x.sum() / count.sum().clamp_min(1)
     return x.sum(dim) / count.sum(dim).clamp_min(1)
+
+
+def standardize(x: torch.Tensor, mask: torch.Tensor, dim: tuple[int, ...] | None = None, eps: float = 1e-8) -> torch.Tensor:
+    """``(x - mean) / (std + eps)`` over the valid entries (over ``dim``, or all if ``None``); 0 on padding.
+
+    The population standard deviation, as the reference ``normalize_advantages``.
+    """
+    ok = valid(mask)
+    if dim is None:
+        dim = tuple(range(x.dim()))
+    count = ok.to(x.dtype).sum(dim, keepdim=True).clamp_min(1)
+    mean = zero_padding(x, ok).sum(dim, keepdim=True) / count
+    centered = zero_padding(x - mean, ok)
+    var = centered.pow(2).sum(dim, keepdim=True) / count
+    return centered / (var.sqrt() + eps)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_metarl.algorithms import EMAML, MAML, MetaRLModule, ProMP
+from lightning_metarl.algorithms import EMAML, MAML, MetaBatch, MetaRLModule, ProMP
 from lightning_metarl.objectives import likelihood_ratio_loss, lvc_loss
 
 SIZES = dict(meta_batch_size=3, rollouts_per_task=4, horizon=8, env_kwargs={"reward_type": "dense"})
@@ -16,10 +16,13 @@ def build(cls: type[MetaRLModule], **kwargs) -> MetaRLModule:
     return cls(**SIZES, **kwargs)
 
 
-def collect_batches(module: MetaRLModule):
+def collect_batches(module: MetaRLModule) -> MetaBatch:
     """Pre-update and post-update batches of ``module`` on one meta-batch of tasks."""
-    inner, post, _ = module.sample_and_adapt(module.sample_tasks())
-    return inner, post
+    return module.collect_and_adapt(module.sample_tasks())
+
+
+def outer_loss(module: MAML, meta_batch: MetaBatch) -> torch.Tensor:
+    return module.outer_loss(meta_batch, module.adaptation_path(meta_batch.pre_update))
 
 
 def meta_gradient(module: MetaRLModule, loss: torch.Tensor) -> list[torch.Tensor]:
@@ -35,14 +38,11 @@ def test_promp_without_clipping_and_kl_equals_maml_lvc_likelihood_ratio():
     promp = build(ProMP, clip_epsilon=1e9, inner_kl_coeff=0.0, num_outer_steps=1)
     maml = build(MAML, inner_objective="lvc", outer_optimizer="trpo")
     assert all(torch.equal(p, q) for p, q in zip(promp.policy.parameters(), maml.policy.parameters()))
-    inner, post = collect_batches(promp)
+    meta_batch = collect_batches(promp)
 
-    old_steps = [p.detach().clone() for p in promp.adapt_steps(promp.policy_params(), inner, create_graph=False)]
-    terms = promp.loss_terms(inner, post, old_steps)
+    terms = promp.loss_terms(meta_batch)
     promp_grad = meta_gradient(promp, terms["loss_objective"] + terms["loss_inner_kl"])
-
-    steps = maml.adapt_steps(maml.policy_params(), inner, create_graph=True)
-    maml_grad = meta_gradient(maml, maml.outer_loss(inner, post, steps))
+    maml_grad = meta_gradient(maml, outer_loss(maml, meta_batch))
     assert_grads_close(promp_grad, maml_grad)
 
     # with clipping on, samples outside the clip range stop contributing: the gradients differ
@@ -51,15 +51,14 @@ def test_promp_without_clipping_and_kl_equals_maml_lvc_likelihood_ratio():
     with torch.no_grad():
         for p in clipped.policy.parameters():
             p.add_(1e-2 * torch.randn_like(p))
-    terms = clipped.loss_terms(inner, post, old_steps)
+    terms = clipped.loss_terms(meta_batch)
     assert terms["clip_fraction"] > 0
 
 
 @pytest.mark.parametrize("cls, kwargs", [(ProMP, {}), (MAML, {"inner_objective": "lvc"})], ids=["promp", "maml_lvc"])
 def test_lvc_inner_step_is_importance_weighted_away_from_the_sampling_policy(cls, kwargs):
     module = build(cls, **kwargs)
-    inner, _ = collect_batches(module)
-    batch = inner[0]
+    batch = collect_batches(module).pre_update[0]
     mask, advantage = batch.get("mask"), batch.get("advantage")
 
     def step_by_hand(params, loss_of_log_prob):
@@ -69,7 +68,7 @@ def test_lvc_inner_step_is_importance_weighted_away_from_the_sampling_policy(cls
         grads = torch.autograd.grad(loss, [params.get(k) for k in keys])
         return {k: params.get(k) - 0.1 * g for k, g in zip(keys, grads)}
 
-    at_old = module.policy_params().expand(SIZES["meta_batch_size"])
+    at_old = module.initial_fast_state()
     moved = at_old.detach().apply(lambda p: p + 0.1 * torch.randn_like(p))
 
     def weighted(log_prob):  # the ratio to the policy that sampled the batch, pi_theta / pi_theta_old
@@ -94,14 +93,14 @@ def test_lvc_inner_step_is_importance_weighted_away_from_the_sampling_policy(cls
 def test_vpg_and_lvc_inner_steps_same_adaptation_different_meta_gradient():
     vpg = build(MAML, inner_objective="vpg")
     lvc = build(MAML, inner_objective="lvc")
-    inner, post = collect_batches(vpg)
-    adapted_vpg = vpg.adapt(vpg.policy_params(), inner, create_graph=True)
-    adapted_lvc = lvc.adapt(lvc.policy_params(), inner, create_graph=True)
+    meta_batch = collect_batches(vpg)
+    adapted_vpg = vpg.adapt(meta_batch.pre_update, create_graph=True)
+    adapted_lvc = lvc.adapt(meta_batch.pre_update, create_graph=True)
     for key in adapted_vpg.keys(True, True):
         torch.testing.assert_close(adapted_vpg.get(key), adapted_lvc.get(key), rtol=1e-6, atol=1e-7)
 
-    grad_vpg = meta_gradient(vpg, vpg.outer_loss(inner, post, vpg.adapt_steps(vpg.policy_params(), inner)))
-    grad_lvc = meta_gradient(lvc, lvc.outer_loss(inner, post, lvc.adapt_steps(lvc.policy_params(), inner)))
+    grad_vpg = meta_gradient(vpg, outer_loss(vpg, meta_batch))
+    grad_lvc = meta_gradient(lvc, outer_loss(lvc, meta_batch))
     difference = sum((a - b).norm() ** 2 for a, b in zip(grad_vpg, grad_lvc)).sqrt()
     scale = sum(a.norm() ** 2 for a in grad_vpg).sqrt()
     # the LVC Hessian carries the score outer products that the VPG Hessian lacks
@@ -111,17 +110,17 @@ def test_vpg_and_lvc_inner_steps_same_adaptation_different_meta_gradient():
 @pytest.mark.parametrize("cls", [MAML, EMAML])
 def test_maml_trpo_update_respects_the_trust_region(cls):
     module = build(cls, inner_objective="lvc", outer_optimizer="trpo", max_kl=1e-3)
-    inner, post = collect_batches(module)
-    old_adapted = module.adapt(module.policy_params(), inner, create_graph=False).detach().clone()
+    meta_batch = collect_batches(module)
+    old_adapted = meta_batch.fast_states[-1]
     before = [p.detach().clone() for p in module.parameters()]
-    surrogate_before = module.outer_loss(inner, post, module.adapt_steps(module.policy_params(), inner)).item()
-    metrics = module.outer_update(inner, post)
+    surrogate_before = outer_loss(module, meta_batch).item()
+    metrics = module.outer_update(meta_batch)
     assert metrics["trpo/accepted"] == 1.0
-    new_adapted = module.adapt(module.policy_params(), inner, create_graph=False)
-    kl = module.kl(old_adapted, new_adapted, post).mean().item()
+    new_adapted = module.adapt(meta_batch.pre_update, create_graph=False)
+    kl = module.kl(old_adapted, new_adapted, meta_batch.post_update).mean().item()
     assert 0 < kl <= 1e-3
     assert metrics["kl/post_update"].item() == pytest.approx(kl, rel=1e-4)
-    surrogate_after = module.outer_loss(inner, post, module.adapt_steps(module.policy_params(), inner)).item()
+    surrogate_after = outer_loss(module, meta_batch).item()
     assert surrogate_after < surrogate_before
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
 
@@ -129,19 +128,19 @@ def test_maml_trpo_update_respects_the_trust_region(cls):
 def test_emaml_term_changes_the_meta_gradient_only_through_the_pre_update_policy():
     maml = build(MAML)
     emaml = build(EMAML, exploration_weight=1.0)
-    inner, post = collect_batches(maml)
-    grad_maml = meta_gradient(maml, maml.outer_loss(inner, post, maml.adapt_steps(maml.policy_params(), inner)))
-    grad_emaml = meta_gradient(emaml, emaml.outer_loss(inner, post, emaml.adapt_steps(emaml.policy_params(), inner)))
+    meta_batch = collect_batches(maml)
+    grad_maml = meta_gradient(maml, outer_loss(maml, meta_batch))
+    grad_emaml = meta_gradient(emaml, outer_loss(emaml, meta_batch))
     assert any(not torch.allclose(a, b) for a, b in zip(grad_maml, grad_emaml))
     zero = build(EMAML, exploration_weight=0.0)
-    grad_zero = meta_gradient(zero, zero.outer_loss(inner, post, zero.adapt_steps(zero.policy_params(), inner)))
+    grad_zero = meta_gradient(zero, outer_loss(zero, meta_batch))
     assert_grads_close(grad_zero, grad_maml)
 
 
 def test_promp_adaptive_kl_coefficient_is_checkpointed():
     module = build(ProMP, target_inner_kl=0.01, inner_kl_coeff=1e-3)
-    module.loss_module.kl_coefficient.update(torch.tensor([0.0]))
+    module.kl_coefficient.update(torch.tensor([0.0]))
     state = module.state_dict()
     restored = build(ProMP, target_inner_kl=0.01, inner_kl_coeff=1e-3)
     restored.load_state_dict(state)
-    assert restored.loss_module.kl_coefficient.value.item() == pytest.approx(5e-4)
+    assert restored.kl_coefficient.value.item() == pytest.approx(5e-4)

@@ -23,9 +23,9 @@ def to_double(batch):
 def test_batched_inner_step_equals_per_task_loop():
     module = tiny_maml()
     module.env.set_tasks(module.sample_tasks())
-    params = module.policy_params()
-    batch = module.collect(params.expand(3))
-    adapted = module.inner_step(params.expand(3), batch, create_graph=False)
+    state = module.initial_fast_state()
+    batch = module.collect(module.actor(state, "explore", module.action_rng))
+    adapted = module.inner_step(state, batch, create_graph=False)
 
     names = [name for name, _ in module.policy.named_parameters()]
     for task in range(3):
@@ -35,36 +35,33 @@ def test_batched_inner_step_equals_per_task_loop():
         grads = torch.autograd.grad(loss, list(module.policy.parameters()))
         for name, param, grad in zip(names, module.policy.parameters(), grads):
             expected = param.detach() - module.hparams.inner_lr * grad
-            got = adapted.get(tuple(name.split(".")))[task]
+            got = adapted.get(("params", *name.split(".")))[task]
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     # tasks saw different data, so their adapted parameters differ
-    assert not torch.allclose(adapted["log_std"][0], adapted["log_std"][1])
+    assert not torch.allclose(adapted["params", "log_std"][0], adapted["params", "log_std"][1])
 
 
 @pytest.mark.parametrize("learn_inner_lr", [False, True])
 def test_meta_gradient_matches_finite_differences(learn_inner_lr: bool):
     module = tiny_maml(num_inner_steps=2, learn_inner_lr=learn_inner_lr)
     module.env.set_tasks(module.sample_tasks())
-    params = module.policy_params().expand(3)
-    batches = []
-    for _ in range(3):  # two pre-update batches, then the post-update one
-        batches.append(module.collect(params))
-        params = module.inner_step(params, batches[-1], create_graph=False)
+    meta_batch = module.collect_and_adapt(module.sample_tasks())
     module.double()
-    inner, post = [to_double(b) for b in batches[:2]], to_double(batches[2])
+    meta_batch.pre_update = [to_double(b) for b in meta_batch.pre_update]
+    meta_batch.post_update = post = to_double(meta_batch.post_update)
 
     def objective() -> torch.Tensor:
-        return module.outer_loss(inner, post, module.adapt_steps(module.policy_params(), inner))
+        return module.outer_loss(meta_batch, module.adaptation_path(meta_batch.pre_update))
 
     parameters = list(module.parameters())  # the policy and, if learned, the inner step sizes
     assert len(parameters) == (14 if learn_inner_lr else 7)
     meta_grad = torch.autograd.grad(objective(), parameters)
 
     # first-order MAML (no gradient through the inner step) for contrast
-    adapted = module.adapt(module.policy_params(), inner, create_graph=False)
+    adapted = module.adapt(meta_batch.pre_update, create_graph=False)
     adapted = adapted.apply(lambda t: t.detach().requires_grad_(True))
     post_loss = vpg_loss(module.log_prob(adapted, post), post["advantage"], post["mask"]).mean()
-    keys = [tuple(name.split(".")) for name, _ in module.policy.named_parameters()]
+    keys = [("params", *name.split(".")) for name, _ in module.policy.named_parameters()]
     first_order = [g.sum(0) for g in torch.autograd.grad(post_loss, [adapted.get(k) for k in keys])]
     first_order += [torch.zeros_like(p) for p in parameters[len(first_order):]]
 

@@ -7,15 +7,9 @@ import math
 import pytest
 import torch
 
-from lightning_metarl.nn.policy import gaussian_kl, gaussian_log_prob
-from lightning_metarl.objectives import (
-    conjugate_gradient,
-    flat_grad,
-    hessian_vector_product,
-    likelihood_ratio_loss,
-    trpo_step,
-    vpg_loss,
-)
+from lightning_metarl.nn import gaussian_kl, gaussian_log_prob
+from lightning_metarl.objectives import likelihood_ratio_loss, vpg_loss
+from lightning_metarl.optim import conjugate_gradient, flat_grad, hessian_vector_product, trpo_step
 
 DTYPE = torch.float64
 

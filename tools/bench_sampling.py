@@ -38,9 +38,9 @@ import torch
 from mujoco import rollout as mj_rollout
 
 from lightning_metarl import envs
-from lightning_metarl.data import GaussianActor, collect
+from lightning_metarl.data import collect
 from lightning_metarl.envs.mujoco_env import PHYSICS_FIELDS, MujocoMetaEnv, load_model
-from lightning_metarl.nn import GaussianMLPPolicy, module_params
+from lightning_metarl.nn import GaussianMLPPolicy, PolicyActor, module_params
 
 #: gymnasium v5 env id and keyword arguments with the family's model and frame skip.
 GYM_EQUIVALENT: dict[str, tuple[str, dict]] = {
@@ -84,7 +84,7 @@ class Ours:
         generator = torch.Generator().manual_seed(seed)
         env.set_tasks(env.sample_tasks(env.n_tasks, generator))
         policy = GaussianMLPPolicy(env.observation_dim, env.action_dim, (64, 64), "tanh")
-        self.actor = GaussianActor(policy, module_params(policy), generator)
+        self.actor = PolicyActor(policy, module_params(policy), generator)
         self.last_actions: torch.Tensor | None = None
 
     def __call__(self) -> int:

@@ -7,33 +7,36 @@ from typing import Any, Literal
 import torch
 from tensordict import TensorDictBase
 
-from lightning_metarl.algorithms.base import MetaRLModule
+from lightning_metarl.algorithms.gradient import GradientMetaRLModule
+from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.data.returns import discounted_rewards
 from lightning_metarl.errors import ConfigError
 from lightning_metarl.nn import linear_baseline_values
-from lightning_metarl.objectives import dice_loss, likelihood_ratio_loss, trpo_step, vpg_loss
+from lightning_metarl.objectives import dice_loss, likelihood_ratio_loss, vpg_loss
+from lightning_metarl.optim import trpo_step
 
 InnerObjective = Literal["vpg", "lvc", "dice"]
 OuterOptimizer = Literal["adam", "trpo"]
 
 
-class MAML(MetaRLModule):
+class MAML(GradientMetaRLModule):
     """MAML: ``theta' = theta - alpha * grad L_in(theta, tau)``, then an outer step on ``L_out(theta', tau')``.
 
-    The meta-gradient is taken through the inner step (``create_graph=True``); what it
-    contains depends on the inner objective (seed 000, §3.2):
+    The fast state is all policy parameters. The meta-gradient is taken through the inner step
+    (``create_graph=True``); what it contains depends on the inner objective (MAME, Gurumurthy
+    et al. 2019, §3.2; ProMP, Rothfuss et al. 2019, §4):
 
     - ``"vpg"``: the log-likelihood surrogate of the original MAML. Its Hessian lacks the
       score-function term, so only ``grad J_post`` is estimated and the pre-update sampling
       distribution gets no credit (``grad J_pre`` is dropped).
-    - ``"lvc"``: ProMP's low-variance curvature surrogate. Same adapted parameters as
-      ``"vpg"``; its Hessian adds the per-step score outer products, giving the pre-update
-      policy credit for the adaptation (low variance; biased where rewards depend on earlier
-      actions). Written as the likelihood ratio to the sampling policy
-      (``batch["action_log_prob"]``), so that where the parameters have moved away from the
-      sampling ones (TRPO's line search) the inner step stays an importance-sampled gradient.
-    - ``"dice"``: DiCE with a linear baseline fitted to the discounted per-step rewards; an
-      unbiased Hessian estimate (high variance).
+    - ``"lvc"``: ProMP's low-variance curvature surrogate (Rothfuss et al. 2019, Eq. 10). Same
+      adapted parameters as ``"vpg"``; its Hessian adds the per-step score outer products,
+      giving the pre-update policy credit for the adaptation (low variance; biased where
+      rewards depend on earlier actions). Written as the likelihood ratio to the sampling
+      policy (``batch["action_log_prob"]``), so that where the parameters have moved away from
+      the sampling ones (TRPO's line search) the inner step stays an importance-sampled gradient.
+    - ``"dice"``: DiCE (Foerster et al. 2018) with a linear baseline fitted to the discounted
+      per-step rewards; an unbiased Hessian estimate (high variance).
 
     With ``"lvc"`` and ``"dice"`` the pre-update term is recovered to first order in
     ``inner_lr`` only: the adapted parameters and the curvature estimate come from the same
@@ -41,10 +44,10 @@ class MAML(MetaRLModule):
     ``inner_lr^2`` (measured in ``tests/test_estimators*.py``).
 
     Outer step ``"adam"`` (MAML-VPG): one Adam step on ``-mean log pi_theta'(a|s) A`` of the
-    post-update batch. ``"trpo"`` (MAML-TRPO): a trust-region step on the likelihood-ratio
-    surrogate with ``mean KL(pi_theta'_old || pi_theta') <= max_kl`` on post-update states,
-    both computed through the inner step (conjugate gradient on KL Hessian-vector products,
-    backtracking line search; the step is rejected if no step size satisfies both conditions).
+    post-update batch. ``"trpo"`` (MAML-TRPO): a trust-region step
+    (:func:`~lightning_metarl.optim.trpo_step`) on the likelihood-ratio surrogate with
+    ``mean KL(pi_theta'_old || pi_theta') <= max_kl`` on post-update states, both computed
+    through the inner step.
 
     Args:
         inner_objective: ``"vpg"``, ``"lvc"`` or ``"dice"``.
@@ -54,7 +57,7 @@ class MAML(MetaRLModule):
         cg_damping: TRPO damping of the KL Hessian.
         backtrack_ratio: TRPO line-search shrink factor (reference 0.8).
         max_backtracks: TRPO line-search trials (reference 15).
-        **kwargs: see :class:`~lightning_metarl.algorithms.base.MetaRLModule`.
+        **kwargs: see :class:`~lightning_metarl.algorithms.gradient.GradientMetaRLModule`.
     """
 
     def __init__(
@@ -78,9 +81,9 @@ class MAML(MetaRLModule):
             raise ConfigError("model.max_kl must be positive and model.backtrack_ratio in (0, 1)")
 
     # ------------------------------------------------------------------ inner step
-    def inner_loss(self, task_params: TensorDictBase, batch: TensorDictBase) -> torch.Tensor:
+    def inner_loss(self, fast_state: TensorDictBase, batch: TensorDictBase) -> torch.Tensor:
         """Per-task inner objective on a pre-update batch (see the class docstring)."""
-        log_prob = self.log_prob(task_params, batch)
+        log_prob = self.log_prob(fast_state, batch, "explore")
         objective = self.hparams.inner_objective
         if objective == "vpg":
             return vpg_loss(log_prob, batch.get("advantage"), batch.get("mask"))
@@ -98,59 +101,49 @@ class MAML(MetaRLModule):
         return batch.get("dice_baseline")
 
     # ------------------------------------------------------------------ outer step
-    def outer_loss(
-        self, inner_batches: list[TensorDictBase], post_batch: TensorDictBase, steps: list[TensorDictBase]
-    ) -> torch.Tensor:
-        """Mean over tasks of the post-update surrogate of the adapted parameters (a function of theta).
+    def outer_loss(self, meta_batch: MetaBatch, path: list[TensorDictBase]) -> torch.Tensor:
+        """Mean over tasks of the post-update surrogate of the adapted state (a function of the meta-parameters).
 
-        ``steps`` is :meth:`adapt_steps` of the current parameters: the policy that collected each
-        pre-update batch, then the adapted one (``steps[-1]``), differentiable w.r.t. theta.
+        ``path`` is :meth:`adaptation_path` at the current meta-parameters: the state that
+        collected each pre-update batch, then the adapted one (``path[-1]``).
         """
-        log_prob = self.log_prob(steps[-1], post_batch)
-        advantage, mask = post_batch.get("advantage"), post_batch.get("mask")
+        post = meta_batch.post_update
+        log_prob = self.log_prob(path[-1], post)
+        advantage, mask = post.get("advantage"), post.get("mask")
         if self.hparams.outer_optimizer == "adam":
             return vpg_loss(log_prob, advantage, mask).mean()
-        return likelihood_ratio_loss(log_prob, post_batch.get("action_log_prob"), advantage, mask).mean()
+        return likelihood_ratio_loss(log_prob, post.get("action_log_prob"), advantage, mask).mean()
 
-    def outer_update(self, inner_batches: list[TensorDictBase], post_batch: TensorDictBase) -> dict[str, torch.Tensor]:
+    def outer_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
         """One Adam step, or one TRPO step, on :meth:`outer_loss`."""
         if self.hparams.outer_optimizer == "trpo":
-            return self.trpo_update(inner_batches, post_batch)
+            return self.trpo_update(meta_batch)
         optimizer = self.optimizers()
-        steps = self.adapt_steps(self.policy_params(), inner_batches, create_graph=True)
-        loss = self.outer_loss(inner_batches, post_batch, steps)
+        loss = self.outer_loss(meta_batch, self.adaptation_path(meta_batch.pre_update))
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
         return {"loss/outer": loss.detach()}
 
-    def trpo_update(self, inner_batches: list[TensorDictBase], post_batch: TensorDictBase) -> dict[str, torch.Tensor]:
+    def trpo_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
         """A trust-region step on all meta-parameters, surrogate and KL computed through the inner step."""
         hp = self.hparams
-        old_adapted = self.adapt(self.policy_params(), inner_batches, create_graph=False).detach().clone()
+        collecting = meta_batch.fast_states[-1]
 
-        def steps() -> list[TensorDictBase]:
-            return self.adapt_steps(self.policy_params(), inner_batches, create_graph=True)
+        def path() -> list[TensorDictBase]:
+            return self.adaptation_path(meta_batch.pre_update)
 
         info = trpo_step(
             list(self.parameters()),
-            lambda: self.outer_loss(inner_batches, post_batch, steps()),
-            lambda: self.kl(old_adapted, steps()[-1], post_batch).mean(),
+            lambda: self.outer_loss(meta_batch, path()),
+            lambda: self.kl(collecting, path()[-1], meta_batch.post_update).mean(),
             max_kl=hp.max_kl,
             cg_iterations=hp.cg_iterations,
             damping=hp.cg_damping,
             backtrack_ratio=hp.backtrack_ratio,
             max_backtracks=hp.max_backtracks,
         )
-        return {
-            "loss/outer": torch.tensor(info.loss_after),
-            "loss/surrogate_before": torch.tensor(info.loss_before),
-            "loss/surrogate_after": torch.tensor(info.loss_after),
-            "kl/post_update": torch.tensor(info.kl),
-            "trpo/accepted": torch.tensor(float(info.accepted)),
-            "trpo/step_fraction": torch.tensor(info.step_fraction),
-            "trpo/line_search_trials": torch.tensor(float(info.evaluations)),
-        }
+        return info.metrics()
 
     def configure_optimizers(self) -> torch.optim.Optimizer | None:
         """Adam for the VPG outer step; none for TRPO (the step is computed in :meth:`trpo_update`)."""

@@ -5,37 +5,43 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 
-from lightning_metarl.algorithms.base import MetaRLModule
+from lightning_metarl.algorithms.gradient import GradientMetaRLModule
+from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.errors import ConfigError
-from lightning_metarl.objectives import KLPenaltyCoefficient, ProMPLoss, likelihood_ratio_loss
+from lightning_metarl.objectives import (
+    KLPenaltyCoefficient,
+    clip_fraction,
+    clipped_surrogate_loss,
+    likelihood_ratio_loss,
+)
 
 
-class ProMP(MetaRLModule):
+class ProMP(GradientMetaRLModule):
     """Proximal Meta-Policy Search.
 
-    Inner step: the low-variance curvature surrogate (LVC; seed 000, §3.2), whose Hessian gives
-    the pre-update sampling distribution credit for the adaptation, written as the likelihood
-    ratio to the sampling policy so that it stays an importance-sampled policy gradient when
-    the outer steps move theta away from it (:meth:`inner_loss`). Outer: ``num_outer_steps``
-    Adam steps on the same post-update batch (no resampling), each on
+    Inner step: the low-variance curvature surrogate (LVC; Rothfuss et al. 2019, Eq. 10), whose
+    Hessian gives the pre-update sampling distribution credit for the adaptation, written as the
+    likelihood ratio to the sampling policy so that it stays an importance-sampled policy
+    gradient when the outer steps move theta away from it (:meth:`inner_loss`). Outer:
+    ``num_outer_steps`` Adam steps on the same post-update batch (no resampling), each on
 
-    ``L(theta) = mean_tasks L_clip(theta'(theta)) + mean_k eta_k * mean_tasks KL(pi_theta_k,old || pi_theta_k)``,
+    ``L(theta) = mean_tasks L_clip(theta'(theta)) + mean_k eta_k * mean_tasks KL(pi_theta_k,old || pi_theta_k)``
 
-    the PPO clipped surrogate (``clip_epsilon``) of the post-update samples plus the KL
-    between the policy that collected pre-update batch ``k`` and its current value, on that
-    batch's states. ``eta`` is fixed (``inner_kl_coeff``; reference 5e-4) or, with
-    ``target_inner_kl`` set, adapted after each iteration (halve below target/1.5, double
-    above 1.5 target; reference on Rand-Params: 1e-3 with target 0.01). The coefficients are
-    in the checkpoint.
+    (Rothfuss et al. 2019, Eq. 15), the PPO clipped surrogate (``clip_epsilon``) of the
+    post-update samples plus the KL between the policy that collected pre-update batch ``k``
+    and its current value, on that batch's states. ``eta`` is fixed (``inner_kl_coeff``;
+    reference 5e-4) or, with ``target_inner_kl`` set, adapted after each iteration (halve below
+    target/1.5, double above 1.5 target; reference on Rand-Params: 1e-3 with target 0.01). The
+    coefficients are in the checkpoint.
 
     Args:
         clip_epsilon: PPO clip range (reference 0.3).
         inner_kl_coeff: initial eta.
         target_inner_kl: target KL of the adaptive eta; ``None`` keeps eta fixed.
         num_outer_steps: Adam steps per meta-iteration (reference 5; 3 on Rand-Params).
-        **kwargs: see :class:`~lightning_metarl.algorithms.base.MetaRLModule`.
+        **kwargs: see :class:`~lightning_metarl.algorithms.gradient.GradientMetaRLModule`.
     """
 
     def __init__(
@@ -52,60 +58,58 @@ class ProMP(MetaRLModule):
             raise ConfigError(f"model.num_outer_steps must be a positive integer, got {num_outer_steps!r}")
         if clip_epsilon <= 0 or inner_kl_coeff < 0 or (target_inner_kl is not None and target_inner_kl <= 0):
             raise ConfigError("model.clip_epsilon and model.target_inner_kl must be positive, model.inner_kl_coeff >= 0")
-        coefficient = KLPenaltyCoefficient(inner_kl_coeff, num_steps=self.hparams.num_inner_steps, target=target_inner_kl)
-        self.loss_module = ProMPLoss(clip_epsilon=clip_epsilon, kl_coefficient=coefficient)
-        self.loss_module.set_keys(sample_log_prob="action_log_prob")
+        self.kl_coefficient = KLPenaltyCoefficient(inner_kl_coeff, num_steps=self.hparams.num_inner_steps, target=target_inner_kl)
 
-    def inner_loss(self, task_params: TensorDictBase, batch: TensorDictBase) -> torch.Tensor:
+    def inner_loss(self, fast_state: TensorDictBase, batch: TensorDictBase) -> torch.Tensor:
         """Per-task inner surrogate ``-mean pi_theta/pi_theta_old A`` on a pre-update batch.
 
         ``pi_theta_old`` is the policy that sampled the batch (its stored ``action_log_prob``). At
-        the sampling parameters this is the LVC objective (seed 000, Eq. 10) in value, gradient
-        and Hessian; at the later outer steps on the same batch (``theta != theta_old``) the
-        importance weight keeps the inner step an off-policy estimate of the policy gradient at
-        the current ``theta`` (as in the reference implementation), rather than the
-        on-policy formula applied to another policy's samples.
+        the sampling parameters this is the LVC objective (Rothfuss et al. 2019, Eq. 10) in
+        value, gradient and Hessian; at the later outer steps on the same batch
+        (``theta != theta_old``) the importance weight keeps the inner step an off-policy
+        estimate of the policy gradient at the current ``theta`` (as in the reference
+        implementation), rather than the on-policy formula applied to another policy's samples.
         """
         return likelihood_ratio_loss(
-            self.log_prob(task_params, batch), batch.get("action_log_prob"), batch.get("advantage"), batch.get("mask")
+            self.log_prob(fast_state, batch, "explore"), batch.get("action_log_prob"), batch.get("advantage"), batch.get("mask")
         )
 
-    def loss_terms(
-        self, inner_batches: list[TensorDictBase], post_batch: TensorDictBase, old_steps: list[TensorDictBase]
-    ) -> TensorDictBase:
-        """ProMP's loss terms at the current theta (``loss_objective``, ``loss_inner_kl`` and diagnostics)."""
-        steps = self.adapt_steps(self.policy_params(), inner_batches, create_graph=True)
+    def loss_terms(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
+        """ProMP's loss terms at the current theta: ``loss_objective``, ``loss_inner_kl`` and diagnostics.
+
+        ``inner_kl`` (``[n_steps]``, detached) is what :meth:`KLPenaltyCoefficient.update` takes;
+        ``clip_fraction`` the share of post-update samples outside the clip range.
+        """
+        path = self.adaptation_path(meta_batch.pre_update)
         inner_kl = torch.stack(
-            [self.kl(old, new, batch) for old, new, batch in zip(old_steps, steps, inner_batches)], dim=-1
+            [self.kl(old, new, batch, "explore")
+             for old, new, batch in zip(meta_batch.fast_states, path, meta_batch.pre_update)],
+            dim=-1,
         )
-        data = TensorDict(
-            {
-                "log_prob": self.log_prob(steps[-1], post_batch),
-                "action_log_prob": post_batch.get("action_log_prob"),
-                "advantage": post_batch.get("advantage"),
-                "mask": post_batch.get("mask"),
-                "inner_kl": inner_kl,
-            },
-            batch_size=[self.hparams.meta_batch_size],
-        )
-        return self.loss_module(data)
+        post = meta_batch.post_update
+        log_prob, old_log_prob, mask = self.log_prob(path[-1], post), post.get("action_log_prob"), post.get("mask")
+        epsilon = self.hparams.clip_epsilon
+        return {
+            "loss_objective": clipped_surrogate_loss(log_prob, old_log_prob, post.get("advantage"), mask, epsilon).mean(),
+            "loss_inner_kl": self.kl_coefficient(inner_kl),
+            "inner_kl": inner_kl.detach().mean(0),
+            "clip_fraction": clip_fraction(log_prob, old_log_prob, mask, epsilon).mean(),
+        }
 
-    def outer_update(self, inner_batches: list[TensorDictBase], post_batch: TensorDictBase) -> dict[str, torch.Tensor]:
+    def outer_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
         """``num_outer_steps`` Adam steps on the ProMP loss, then the adaptive-eta update."""
         optimizer = self.optimizers()
-        # clone: the first step is a view of the parameters that the optimizer updates in place
-        old_steps = [p.detach().clone() for p in self.adapt_steps(self.policy_params(), inner_batches, create_graph=False)]
         history = []
         for _ in range(self.hparams.num_outer_steps):
-            terms = self.loss_terms(inner_batches, post_batch, old_steps)
+            terms = self.loss_terms(meta_batch)
             loss = terms["loss_objective"] + terms["loss_inner_kl"]
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()
-            history.append(terms.detach())
-        adapted = self.adapt(self.policy_params(), inner_batches, create_graph=False)
-        post_kl = self.kl(old_steps[-1], adapted, post_batch).mean().detach()
-        coefficient = self.loss_module.kl_coefficient
+            history.append({name: value.detach() for name, value in terms.items()})
+        adapted = self.adapt(meta_batch.pre_update, create_graph=False)
+        post_kl = self.kl(meta_batch.fast_states[-1], adapted, meta_batch.post_update).mean().detach()
+        coefficient = self.kl_coefficient
         inner_kl = history[-1]["inner_kl"]
         metrics = {
             "loss/outer": history[-1]["loss_objective"] + history[-1]["loss_inner_kl"],
@@ -115,7 +119,7 @@ class ProMP(MetaRLModule):
             "ppo/clip_fraction": history[-1]["clip_fraction"],
             "kl/post_update": post_kl,
         }
-        for k in range(len(inner_batches)):
+        for k in range(len(meta_batch.pre_update)):
             metrics[f"kl/inner_step_{k}"] = inner_kl[k]
             metrics[f"kl_coeff/step_{k}"] = coefficient.value[k].detach()
         coefficient.update(inner_kl)

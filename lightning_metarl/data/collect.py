@@ -1,47 +1,20 @@
-"""Batched trajectory collection: one TorchRL rollout over all ``tasks x rollouts`` copies."""
+"""Batched trajectory collection: all ``tasks x rollouts`` copies at once.
+
+One call collects a *trial* of ``episodes`` consecutive episodes of ``env.horizon`` steps in
+every copy of a :class:`~lightning_metarl.envs.BatchedMetaEnv`, with one TorchRL rollout per
+episode (the env is reset at the start of each).
+The actor's own state (a per-episode latent, a recurrent state) is kept across the episodes of
+a trial and forgotten at the start of the next trial (:meth:`PolicyActor.begin_trial`), which is
+what RL²-style trials need; gradient-based methods collect trials of one episode.
+"""
 
 from __future__ import annotations
 
 import torch
 from tensordict import TensorDictBase
-from torch import nn
 
 from lightning_metarl.envs.base import BatchedMetaEnv
-from lightning_metarl.nn.functional import call_per_task
-from lightning_metarl.nn.policy import gaussian_log_prob
-
-
-class GaussianActor:
-    """TorchRL policy callable (TensorDict in, TensorDict out) for a Gaussian policy.
-
-    Reads ``"observation"`` (``[n_tasks, rollouts, obs_dim]``), evaluates ``policy`` with
-    ``params`` (shared, or per task with batch size ``[n_tasks]``), samples ``"action"`` with
-    noise from ``generator`` and writes its log-density ``"action_log_prob"`` (the behaviour
-    log-probability that likelihood-ratio objectives divide by).
-    """
-
-    def __init__(
-        self,
-        policy: nn.Module,
-        params: TensorDictBase,
-        generator: torch.Generator,
-    ) -> None:
-        self.policy = policy
-        self.params = params.detach()
-        self.generator = generator
-
-    def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
-        observation = tensordict.get("observation")
-        with torch.no_grad():
-            # The policy may live on another device than the env (e.g. CUDA policy, CPU physics).
-            policy_device = next(iter(self.params.values(True, True))).device
-            mean, log_std = call_per_task(self.policy, self.params, observation.to(policy_device))
-            mean, log_std = mean.to(observation.device), log_std.to(observation.device)
-            noise = torch.randn(mean.shape, generator=self.generator, dtype=mean.dtype, device=self.generator.device)
-            action = mean + log_std.exp() * noise.to(mean.device)
-            tensordict.set("action", action)
-            tensordict.set("action_log_prob", gaussian_log_prob(mean, log_std, action))
-        return tensordict
+from lightning_metarl.nn.actor import PolicyActor
 
 
 def episode_mask(done: torch.Tensor) -> torch.Tensor:
@@ -51,22 +24,37 @@ def episode_mask(done: torch.Tensor) -> torch.Tensor:
     return ended_before == 0
 
 
-def collect(env: BatchedMetaEnv, actor: GaussianActor) -> TensorDictBase:
-    """Run one episode of ``env.horizon`` steps in every copy of ``env``.
+def collect_episode(env: BatchedMetaEnv, actor: PolicyActor) -> TensorDictBase:
+    """One episode of ``env.horizon`` steps in every copy of ``env``, ``[n_tasks, rollouts, H]``.
 
-    Returns a TensorDict ``[n_tasks, rollouts, T]`` in TorchRL's rollout layout
-    (``observation``, ``action``, ``action_log_prob``, ``("next", "reward")``,
-    ``("next", "done")``, ...) plus ``"mask"``: 1 for the steps of each copy's episode, 0 for the
-    padding after an early termination. Copies that terminate early are not restarted inside the
-    horizon (their steps after termination are padding), as in the reference samplers' padded paths.
+    TorchRL's rollout layout (``observation``, ``action``, ``action_log_prob``,
+    ``("next", "reward")``, ``("next", "done")``, ...) plus ``"mask"``: 1 for the steps of each
+    copy's episode, 0 for the padding after an early termination (whatever the copy does after it
+    is masked out), as in the reference samplers' padded paths.
     """
     with torch.no_grad():
-        batch = env.rollout(
-            max_steps=env.horizon,
-            policy=actor,
-            auto_reset=True,
-            break_when_any_done=False,
-            break_when_all_done=False,
-        )
+        batch = env.rollout(max_steps=env.horizon, policy=actor, auto_reset=True,
+                            break_when_any_done=False, break_when_all_done=False)
     batch.set("mask", episode_mask(batch.get(("next", "done")).squeeze(-1)))
     return batch
+
+
+def collect(env: BatchedMetaEnv, actor: PolicyActor, episodes: int = 1) -> TensorDictBase:
+    """A trial of ``episodes`` consecutive episodes per copy, ``[n_tasks, rollouts, episodes * H]``.
+
+    The episodes are concatenated on the time dimension, each padded to ``H`` steps with its
+    own ``"mask"``; with ``episodes > 1`` the batch also holds ``"episode"`` (the index of the
+    episode each step belongs to). The actor's state carries across the episodes of the trial.
+    """
+    if not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
+    actor.begin_trial()
+    parts = []
+    for _ in range(episodes):
+        actor.begin_episode(env.batch_size)
+        parts.append(collect_episode(env, actor))
+    if episodes == 1:
+        return parts[0]
+    for index, part in enumerate(parts):
+        part.set("episode", torch.full(part.batch_size, index, dtype=torch.long, device=part.device))
+    return torch.cat(parts, dim=-1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_metarl.masking import masked_mean, zero_padding
+from lightning_metarl.masking import masked_mean, standardize, zero_padding
 from lightning_metarl.masking import valid as valid_steps
 
 __all__ = [
@@ -100,13 +100,7 @@ def gae(
 def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, dims: tuple[int, ...], eps: float = 1e-8) -> torch.Tensor:
     """Standardise ``advantages`` to zero mean and unit variance over ``dims`` (valid entries only).
 
-    ``(A - mean) / (std + eps)`` with the population standard deviation, as the reference
-    ``normalize_advantages``; 0 on padding. The reference implementations normalise per task:
-    pass the rollout and time dimensions.
+    :func:`~lightning_metarl.masking.standardize`; the reference implementations normalise per
+    task: pass the rollout and time dimensions.
     """
-    valid = valid_steps(mask)
-    count = valid.to(advantages.dtype).sum(dims, keepdim=True).clamp_min(1)
-    mean = zero_padding(advantages, valid).sum(dims, keepdim=True) / count
-    centered = zero_padding(advantages - mean, valid)
-    var = centered.pow(2).sum(dims, keepdim=True) / count
-    return centered / (var.sqrt() + eps)
+    return standardize(advantages, mask, dims, eps)

@@ -1,12 +1,21 @@
-"""Gaussian MLP policies with a state-independent log standard deviation (the ProMP policy)."""
+"""Gaussian MLP policies with a state-independent log standard deviation (the ProMP policy).
+
+A policy declares the TensorDict keys it reads (``in_keys``): ``"observation"`` first, then any
+extra input concatenated to it at the input layer, such as a task context (CAVIA, Zintgraf et
+al. 2019), the latent ``z`` of MAME's exploitation policy or MAESN's per-episode latent. An
+extra input may have fewer leading dimensions than the observation (one context per task for
+``[n_tasks, rollouts, T]`` observations): it is broadcast over the missing ones.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+
+from lightning_metarl.nn.distributions import gaussian_log_prob
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -23,15 +32,35 @@ def mlp(in_dim: int, out_dim: int, hidden_sizes: Sequence[int], activation: str 
     return nn.Sequential(*layers)
 
 
+def concat_inputs(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate ``inputs`` on the last dimension, broadcasting each over the first one's leading dims.
+
+    ``inputs[0]`` is ``[*B, d0]``; every other input is ``[*P, d]`` with ``P`` a prefix of ``B``
+    (e.g. one context per task) and is expanded to ``[*B, d]``.
+    """
+    first = inputs[0]
+    batch = first.shape[:-1]
+    parts = [first]
+    for x in inputs[1:]:
+        prefix = x.shape[:-1]
+        if tuple(batch[: len(prefix)]) != tuple(prefix):
+            raise ValueError(f"policy input of shape {list(x.shape)} does not broadcast to {list(first.shape)}")
+        view = x.reshape(*prefix, *([1] * (len(batch) - len(prefix))), x.shape[-1])
+        parts.append(view.expand(*batch, x.shape[-1]))
+    return torch.cat(parts, dim=-1)
+
+
 class GaussianMLPPolicy(nn.Module):
-    """``pi(a|s) = N(mu(s), diag(exp(log_std))^2)`` with ``mu`` an MLP and ``log_std`` a free vector.
+    """``pi(a|s, x) = N(mu([s, x]), diag(exp(log_std))^2)`` with ``mu`` an MLP and ``log_std`` a free vector.
 
     Args:
-        observation_dim: size of the observation (plus any latent concatenated to it).
+        observation_dim: size of the observation.
         action_dim: size of the action.
         hidden_sizes: hidden layer widths (reference: 64 x 64).
         activation: ``"tanh"`` (reference) or ``"relu"``.
         init_std: initial standard deviation of every action dimension (reference: 1.0).
+        extra_inputs: ``{key: size}`` of inputs concatenated to the observation, in this order
+            (e.g. ``{"context": 50}``); they follow ``"observation"`` in :attr:`in_keys`.
     """
 
     def __init__(
@@ -41,33 +70,29 @@ class GaussianMLPPolicy(nn.Module):
         hidden_sizes: Sequence[int] = (64, 64),
         activation: str = "tanh",
         init_std: float = 1.0,
+        extra_inputs: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
-        self.mean_net = mlp(observation_dim, action_dim, hidden_sizes, activation)
+        extra = dict(extra_inputs or {})
+        #: The TensorDict keys the policy reads, in the order :meth:`forward` takes them.
+        self.in_keys: list[str] = ["observation", *extra]
+        self.mean_net = mlp(observation_dim + sum(extra.values()), action_dim, hidden_sizes, activation)
         self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
 
-    def forward(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean ``[..., action_dim]`` and log standard deviation (broadcast to the same shape)."""
-        mean = self.mean_net(observation)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``[..., action_dim]`` and log standard deviation (broadcast to the same shape).
+
+        ``inputs`` are the tensors of :attr:`in_keys`, in that order.
+        """
+        x = inputs[0] if len(inputs) == 1 else concat_inputs(inputs)
+        mean = self.mean_net(x)
         return mean, self.log_std.expand_as(mean)
 
-    def log_prob(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """``log pi(a|s)`` summed over action dimensions, shape ``[...]``."""
-        mean, log_std = self(observation)
+    def log_prob(self, observation: torch.Tensor, action: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        """``log pi(a|s, x)`` summed over action dimensions, shape ``[...]``."""
+        mean, log_std = self(observation, *extra)
         return gaussian_log_prob(mean, log_std, action)
 
     def entropy(self) -> torch.Tensor:
         """Differential entropy of the action distribution (state independent)."""
         return (self.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
-
-
-def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """Log density of a diagonal Gaussian, summed over the last dimension."""
-    z = (action - mean) * torch.exp(-log_std)
-    return (-0.5 * z * z - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-def gaussian_kl(mean_p: torch.Tensor, log_std_p: torch.Tensor, mean_q: torch.Tensor, log_std_q: torch.Tensor) -> torch.Tensor:
-    """``KL(N_p || N_q)`` of diagonal Gaussians, summed over the last dimension."""
-    var_p, var_q = torch.exp(2 * log_std_p), torch.exp(2 * log_std_q)
-    return (log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5).sum(-1)

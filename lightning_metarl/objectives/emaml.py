@@ -17,18 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from lightning_metarl.masking import standardize
 from lightning_metarl.objectives.policy_gradient import per_task_mean
-
-
-def standardize_over_meta_batch(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """``(x - mean) / (std + eps)`` with the mean and population std over all valid entries of the meta-batch; 0 on padding."""
-    valid = mask.bool()
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    count = valid.sum().clamp_min(1).to(x.dtype)
-    mean = torch.where(valid, x, zero).sum() / count
-    centered = torch.where(valid, x - mean, zero)
-    std = (centered.pow(2).sum() / count).sqrt()
-    return centered / (std + eps)
 
 
 def emaml_loss(
@@ -45,12 +35,12 @@ def emaml_loss(
             batch's actions under the meta-parameters ``theta`` (differentiable).
         pre_mask: validity of the pre-update steps.
         post_rewards: ``[n_tasks, rollouts, T]`` post-update rewards (data), standardised with
-            :func:`standardize_over_meta_batch` over all tasks' valid steps.
+            :func:`~lightning_metarl.masking.standardize` over all tasks' valid steps.
         post_mask: validity of the post-update steps.
         eps: added to the standard deviation.
 
     Returns:
         ``[n_tasks]``, to be averaged over tasks and added to the outer loss.
     """
-    adjusted = standardize_over_meta_batch(post_rewards.detach(), post_mask, eps)
+    adjusted = standardize(post_rewards.detach(), post_mask, None, eps)
     return -per_task_mean(adjusted, post_mask) * per_task_mean(pre_log_prob, pre_mask)

@@ -6,21 +6,16 @@ the clipped surrogate on the post-update samples and the KL between the sampling
 current pre-update policy of every inner step ``k`` on that step's samples, with ``eta`` fixed
 or adapted after each iteration (:class:`KLPenaltyCoefficient`).
 
-:func:`clipped_surrogate_loss` and :func:`kl_penalty` are pure functions;
-:class:`ProMPLoss` is their TorchRL ``LossModule`` form (TensorDict in, ``loss_*`` out) for
-callers that have computed the log-probabilities and KLs under the adapted per-task
-parameters.
+:func:`clipped_surrogate_loss` and :func:`kl_penalty` are pure functions; the coefficients are
+the one stateful piece (a buffer, so they are checkpointed with the module that owns them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
-from tensordict import TensorDict, TensorDictBase
 from torch import nn
-from torchrl.objectives import LossModule
 
 from lightning_metarl.masking import zero_padding
 from lightning_metarl.objectives.policy_gradient import per_task_mean
@@ -121,81 +116,8 @@ class KLPenaltyCoefficient(nn.Module):
         return f"value={self.value.tolist()}, target={self.target}"
 
 
-class ProMPLoss(LossModule):
-    """ProMP's outer loss as a TorchRL ``LossModule``: clipped surrogate + inner-KL penalty.
-
-    The input TensorDict has batch size ``[n_tasks]`` and holds, under the configurable keys
-    (``set_keys``), the post-update samples' ``log_prob`` (under the current adapted
-    parameters ``theta'(theta)``, differentiable), ``sample_log_prob`` (the sampling policy),
-    ``advantage`` and ``mask``, each ``[n_tasks, rollouts, T]``, and ``inner_kl``
-    ``[n_tasks, n_steps]``: for each inner step, the task's mean
-    ``KL(pi_old || pi_theta)`` of the pre-update policy on that step's samples
-    (differentiable). The policy evaluation stays with the caller because the adapted
-    parameters are recomputed from ``theta`` at every outer step.
-
-    Output keys: ``loss_objective`` (mean over tasks of :func:`clipped_surrogate_loss`),
-    ``loss_inner_kl`` (:func:`kl_penalty` with the coefficients of ``kl_coefficient``), and the
-    detached diagnostics ``inner_kl`` (``[n_steps]``, what :meth:`KLPenaltyCoefficient.update`
-    takes) and ``clip_fraction``. The total loss is the sum of the ``loss_*`` entries.
-
-    Args:
-        clip_epsilon: PPO clip range (reference 0.3).
-        kl_coefficient: the ``eta`` coefficients; default: fixed 5e-4 for one inner step.
-    """
-
-    @dataclass
-    class _AcceptedKeys:
-        """Configurable input keys (see ``set_keys``)."""
-
-        log_prob: str = "log_prob"
-        sample_log_prob: str = "sample_log_prob"
-        advantage: str = "advantage"
-        mask: str = "mask"
-        inner_kl: str = "inner_kl"
-
-    default_keys = _AcceptedKeys
-
-    def __init__(self, clip_epsilon: float = 0.3, kl_coefficient: KLPenaltyCoefficient | None = None) -> None:
-        super().__init__()
-        if clip_epsilon <= 0:
-            raise ValueError(f"clip_epsilon must be positive, got {clip_epsilon}")
-        self.clip_epsilon = float(clip_epsilon)
-        self.kl_coefficient = kl_coefficient if kl_coefficient is not None else KLPenaltyCoefficient()
-
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        pass
-
-    @property
-    def in_keys(self) -> list[str]:
-        keys = self.tensor_keys
-        return [keys.log_prob, keys.sample_log_prob, keys.advantage, keys.mask, keys.inner_kl]
-
-    @property
-    def out_keys(self) -> list[str]:
-        return ["loss_objective", "loss_inner_kl", "inner_kl", "clip_fraction"]
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Compute the loss terms from ``tensordict`` (see the class docstring)."""
-        keys = self.tensor_keys
-        log_prob = tensordict.get(keys.log_prob)
-        old_log_prob = tensordict.get(keys.sample_log_prob)
-        mask = tensordict.get(keys.mask)
-        surrogate = clipped_surrogate_loss(log_prob, old_log_prob, tensordict.get(keys.advantage), mask, self.clip_epsilon)
-        inner_kl = tensordict.get(keys.inner_kl)
-        return TensorDict(
-            {
-                "loss_objective": surrogate.mean(),
-                "loss_inner_kl": self.kl_coefficient(inner_kl),
-                "inner_kl": inner_kl.detach().mean(0),
-                "clip_fraction": clip_fraction(log_prob, old_log_prob, mask, self.clip_epsilon).mean(),
-            },
-            batch_size=[],
-        )
-
-
 __all__ = [
     "KLPenaltyCoefficient",
-    "ProMPLoss",
     "clip_fraction",
     "clipped_surrogate_loss",
     "kl_penalty",

@@ -1,6 +1,7 @@
 """TRPO's natural-gradient step: conjugate gradient on KL Hessian-vector products and a line search.
 
-Schulman et al. (2015), Appendix C, with the settings of MAML-TRPO and MAESN (ALGORITHMS.md):
+Schulman et al. (2015), Appendix C, with the settings of MAML-TRPO (Finn et al. 2017) and MAESN
+(Gupta et al. 2018):
 mean KL <= 0.01, 10 conjugate-gradient iterations, backtracking ratio 0.8, at most 15 step sizes.
 
 Written for any list of parameter tensors and two closures, so the same step serves plain
@@ -99,6 +100,18 @@ class TRPOStepInfo:
     step_fraction: float
     evaluations: int
     expected_improvement: float
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """The step's diagnostics under the TensorBoard tags every TRPO-trained algorithm logs."""
+        return {
+            "loss/outer": torch.tensor(self.loss_after),
+            "loss/surrogate_before": torch.tensor(self.loss_before),
+            "loss/surrogate_after": torch.tensor(self.loss_after),
+            "kl/post_update": torch.tensor(self.kl),
+            "trpo/accepted": torch.tensor(float(self.accepted)),
+            "trpo/step_fraction": torch.tensor(self.step_fraction),
+            "trpo/line_search_trials": torch.tensor(float(self.evaluations)),
+        }
 
 
 def _set_flat(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:

@@ -1,0 +1,198 @@
+"""The gradient-adaptation layer: MAML-like methods differ only in the hooks named here.
+
+One meta-iteration of a :class:`GradientMetaRLModule` (MAML, Finn et al. 2017, Eq. 1 and
+Algorithm 3; with the hooks filled, also ProMP, E-MAML, CAVIA)::
+
+    state = initial_fast_state()                       # what the inner loop adapts, [n_tasks]
+    for k in range(num_inner_steps):
+        pre[k] = process(collect(actor(state, "explore")), "explore")
+        state  = inner_step(state, pre[k])             # state - alpha * grad inner_loss, all tasks at once
+    post = process(collect(actor(state, "exploit")), "exploit")
+    meta_update(MetaBatch(tasks, pre, post, fast states))
+
+The hooks:
+
+- :meth:`~GradientMetaRLModule.initial_fast_state`: the per-task state the inner loop adapts,
+  a TensorDict with batch size ``[n_tasks]`` that is a differentiable function of the
+  meta-parameters. It holds policy parameters under ``"params"`` (MAML: all of them) and/or
+  inputs of the policy under their key (CAVIA: ``"context"``).
+- :meth:`~GradientMetaRLModule.actor`: the collecting actor of a phase, built from a policy and
+  a fast state.
+- :meth:`~GradientMetaRLModule.process`: per-phase processing of a collected batch.
+- :meth:`~GradientMetaRLModule.inner_loss`: the per-task inner objective.
+- :meth:`~GradientMetaRLModule.adaptation_path`: every fast state from the first to the last,
+  as a function of the meta-parameters (what a meta-gradient differentiates).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictParams
+
+from lightning_metarl.algorithms.base import MetaRLModule
+from lightning_metarl.algorithms.meta_batch import MetaBatch
+from lightning_metarl.errors import ConfigError
+from lightning_metarl.nn import DiagGaussian, PolicyActor, distribution_per_task, module_params
+from lightning_metarl.objectives import per_task_mean
+
+#: Key of the fast state's policy parameters (absent when the inner loop adapts only inputs).
+PARAMS = "params"
+
+
+class GradientMetaRLModule(MetaRLModule):
+    """Meta-RL by gradient adaptation of a per-task fast state, with hooks for what varies between methods.
+
+    Args:
+        num_inner_steps: adaptation steps (each on freshly sampled trajectories).
+        inner_lr: step size alpha of the inner update ``state' = state - alpha * grad L_in``.
+        learn_inner_lr: meta-learn a step size per fast-state entry (Meta-SGD, Li et al. 2017;
+            initialised to ``inner_lr``) with the outer update; otherwise alpha is the constant
+            ``inner_lr``.
+        **kwargs: see :class:`~lightning_metarl.algorithms.base.MetaRLModule`.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        num_inner_steps: int = 1,
+        inner_lr: float = 0.1,
+        learn_inner_lr: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(num_inner_steps, int) or num_inner_steps < 1:
+            raise ConfigError(f"model.num_inner_steps must be a positive integer, got {num_inner_steps!r}")
+        self.inner_step_sizes: TensorDictParams | None = None
+        if learn_inner_lr:
+            sizes = self.initial_fast_state()[0].detach().apply(lambda p: torch.full_like(p, float(inner_lr)))
+            self.inner_step_sizes = TensorDictParams(sizes)
+
+    # ------------------------------------------------------------------ hooks
+    def policy_params(self) -> TensorDictBase:
+        """The shared (pre-update) policy parameters theta as a TensorDict, batch size ``[]`` (no buffers)."""
+        return module_params(self.policy)
+
+    def initial_fast_state(self) -> TensorDictBase:
+        """The fast state before adaptation, ``[n_tasks]``: here all policy parameters (MAML), under ``"params"``."""
+        n_tasks = self.hparams.meta_batch_size
+        return TensorDict({PARAMS: self.policy_params().expand(n_tasks)}, batch_size=[n_tasks])
+
+    def distribution(self, fast_state: TensorDictBase, batch: TensorDictBase, phase: str = "exploit") -> DiagGaussian:
+        """The action distribution of the phase's policy under ``fast_state`` on ``batch``'s states, for all tasks.
+
+        Parameters come from ``fast_state["params"]`` if present (else the shared ones); each
+        policy input is read from ``fast_state`` if it holds it, else from ``batch``.
+        Differentiable in the fast state and the meta-parameters.
+        """
+        policy = self.phase_policy(phase)
+        params = fast_state.get(PARAMS) if PARAMS in fast_state.keys() else module_params(policy)
+        inputs = [fast_state.get(k) if k in fast_state.keys() else batch.get(k) for k in policy.in_keys]
+        return distribution_per_task(policy, params, inputs)
+
+    def log_prob(self, fast_state: TensorDictBase, batch: TensorDictBase, phase: str = "exploit") -> torch.Tensor:
+        """``log pi(a|s)`` of the batch's actions under ``fast_state``, ``[n_tasks, rollouts, T]``, differentiable."""
+        return self.distribution(fast_state, batch, phase).log_prob(batch.get("action"))
+
+    def phase_policy(self, phase: str) -> torch.nn.Module:
+        """The policy that acts in ``phase`` (``"explore"``: pre-update, ``"exploit"``: post-update); ``self.policy`` here."""
+        return self.policy
+
+    def actor(self, fast_state: TensorDictBase, phase: str, generator: torch.Generator) -> PolicyActor:
+        """The actor that collects ``phase``'s trajectories with the policy under ``fast_state``."""
+        policy = self.phase_policy(phase)
+        params = fast_state.get(PARAMS) if PARAMS in fast_state.keys() else module_params(policy)
+        inputs = fast_state.exclude(PARAMS) if len(policy.in_keys) > 1 else None
+        return PolicyActor(policy, params, generator, inputs=inputs)
+
+    def inner_loss(self, fast_state: TensorDictBase, batch: TensorDictBase) -> torch.Tensor:
+        """Per-task inner objective ``[n_tasks]`` whose gradient adapts the fast state."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ adaptation
+    def inner_step(self, fast_state: TensorDictBase, batch: TensorDictBase, create_graph: bool) -> TensorDictBase:
+        """One batched adaptation step ``state'_i = state_i - alpha * grad L_in(state_i, tau_i)`` for all tasks.
+
+        ``fast_state`` has batch size ``[n_tasks]``; the sum of the per-task losses is
+        differentiated once, giving each task its own gradient. With ``create_graph`` the result
+        stays a differentiable function of the meta-parameters (MAML, Finn et al. 2017, Eq. 1).
+        """
+        if not create_graph:
+            fast_state = fast_state.detach().requires_grad_(True)
+        loss = self.inner_loss(fast_state, batch).sum()
+        keys = list(fast_state.keys(True, True))
+        grads = torch.autograd.grad(loss, [fast_state.get(k) for k in keys], create_graph=create_graph)
+        adapted = fast_state.clone(recurse=False)
+        for key, grad in zip(keys, grads):
+            adapted.set(key, fast_state.get(key) - self.inner_step_size(key) * grad)
+        return adapted if create_graph else adapted.detach()
+
+    def inner_step_size(self, key: tuple[str, ...] | str) -> torch.Tensor | float:
+        """alpha for the fast-state entry ``key``: a learned tensor of its shape, or the constant ``inner_lr``."""
+        if self.inner_step_sizes is None:
+            return self.hparams.inner_lr
+        return self.inner_step_sizes.get(key)
+
+    def adaptation_path(self, batches: Sequence[TensorDictBase], create_graph: bool = True) -> list[TensorDictBase]:
+        """The fast states before each inner step and after the last: ``len(batches) + 1`` items.
+
+        Item ``k`` is the state that collected ``batches[k]`` (item 0 is
+        :meth:`initial_fast_state`); the last item is the adapted state that collected the
+        post-update batch. With ``create_graph`` every item is a differentiable function of the
+        current meta-parameters.
+        """
+        path = [self.initial_fast_state()]
+        for batch in batches:
+            path.append(self.inner_step(path[-1], batch, create_graph))
+        return path
+
+    def adapt(self, batches: Sequence[TensorDictBase], create_graph: bool = True) -> TensorDictBase:
+        """The adapted fast state after one inner step on each of ``batches`` in turn."""
+        return self.adaptation_path(batches, create_graph)[-1]
+
+    def kl(self, old_state: TensorDictBase, new_state: TensorDictBase, batch: TensorDictBase, phase: str = "exploit") -> torch.Tensor:
+        """Per-task mean ``KL(pi_old(.|s) || pi_new(.|s))`` over the batch's valid states, ``[n_tasks]``."""
+        with torch.no_grad():
+            old = self.distribution(old_state.detach(), batch, phase)
+        new = self.distribution(new_state, batch, phase)
+        return per_task_mean(torch.distributions.kl_divergence(old, new), batch.get("mask"))
+
+    # ------------------------------------------------------------------ the meta-iteration
+    def collect_and_adapt(self, tasks: TensorDictBase, generator: torch.Generator | None = None) -> MetaBatch:
+        """``num_inner_steps`` x (collect with the exploration actor, inner step), then collect with the exploitation actor.
+
+        The returned :class:`MetaBatch` holds detached copies of every fast state that collected
+        a batch, so the meta-update need not recompute them.
+        """
+        generator = self.action_rng if generator is None else generator
+        timings = {"collect": 0.0, "adapt": 0.0}
+        self.env.set_tasks(tasks)
+        state = self.initial_fast_state()
+        # clones: the first state may be a view of the parameters that the optimizer updates in place
+        states = [state.detach().clone()]
+        pre_update: list[TensorDictBase] = []
+        for _ in range(self.hparams.num_inner_steps):
+            t0 = time.perf_counter()
+            pre_update.append(self.collect(self.actor(state, "explore", generator), "explore"))
+            t1 = time.perf_counter()
+            state = self.inner_step(state, pre_update[-1], create_graph=False)
+            states.append(state.detach().clone())
+            timings["collect"] += t1 - t0
+            timings["adapt"] += time.perf_counter() - t1
+        t0 = time.perf_counter()
+        post_update = self.collect(self.actor(state, "exploit", generator), "exploit")
+        timings["collect"] += time.perf_counter() - t0
+        return MetaBatch(tasks, pre_update, post_update, states, timings)
+
+    def meta_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
+        """The outer update (:meth:`outer_update`)."""
+        return self.outer_update(meta_batch)
+
+    def outer_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
+        """Update the meta-parameters from ``meta_batch``; return scalars to log."""
+        raise NotImplementedError
+

@@ -1,0 +1,11 @@
+"""Optimisers of our own: TRPO's trust-region step (conjugate gradient, line search), reusable by any algorithm."""
+
+from lightning_metarl.optim.trpo import (
+    TRPOStepInfo,
+    conjugate_gradient,
+    flat_grad,
+    hessian_vector_product,
+    trpo_step,
+)
+
+__all__ = ["TRPOStepInfo", "conjugate_gradient", "flat_grad", "hessian_vector_product", "trpo_step"]
