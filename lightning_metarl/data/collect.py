@@ -1,8 +1,8 @@
-"""Batched trajectory collection: all ``tasks x rollouts`` copies at once.
+"""Batched trajectory collection through TorchRL's collector: all ``tasks x rollouts`` copies at once.
 
 One call collects a *trial* of ``episodes`` consecutive episodes of ``env.horizon`` steps in
-every copy of a :class:`~lightning_metarl.envs.BatchedMetaEnv`, with one TorchRL rollout per
-episode (the env is reset at the start of each).
+every copy of a :class:`~lightning_metarl.envs.BatchedMetaEnv`, with one batch of a
+``torchrl.collectors.Collector`` per episode (the env is reset at the start of each).
 The actor's own state (a per-episode latent, a recurrent state) is kept across the episodes of
 a trial and forgotten at the start of the next trial (:meth:`PolicyActor.begin_trial`), which is
 what RL²-style trials need; gradient-based methods collect trials of one episode.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from tensordict import TensorDictBase
+from torchrl.collectors import Collector
 
 from lightning_metarl.envs.base import BatchedMetaEnv
 from lightning_metarl.nn.actor import PolicyActor
@@ -32,9 +33,22 @@ def collect_episode(env: BatchedMetaEnv, actor: PolicyActor) -> TensorDictBase:
     copy's episode, 0 for the padding after an early termination (whatever the copy does after it
     is masked out), as in the reference samplers' padded paths.
     """
+    rng_state = env.rng_state()
+    collector = Collector(
+        env,
+        policy=actor,
+        frames_per_batch=env.batch_size.numel() * env.horizon,
+        total_frames=-1,
+        reset_at_each_iter=True,
+        use_buffers=False,
+        trust_policy=True,
+        auto_register_policy_transforms=False,
+    )
+    # Building the collector resets the env; only the reset of its first batch draws noise that counts.
+    env.set_rng_state(rng_state)
     with torch.no_grad():
-        batch = env.rollout(max_steps=env.horizon, policy=actor, auto_reset=True,
-                            break_when_any_done=False, break_when_all_done=False)
+        batch = next(iter(collector))
+    collector.shutdown(close_env=False)
     batch.set("mask", episode_mask(batch.get(("next", "done")).squeeze(-1)))
     return batch
 
