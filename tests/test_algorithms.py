@@ -1,4 +1,4 @@
-"""ProMP, MAML-LVC/TRPO and E-MAML: the relations between their meta-gradients (seed 000, §3.2)."""
+"""ProMP, MAML-LVC/TRPO and E-MAML: the relations between their meta-gradients (MAME, Gurumurthy et al. 2019, §3.2)."""
 
 from __future__ import annotations
 

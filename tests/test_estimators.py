@@ -12,8 +12,8 @@ same *value* ``g_hat = 1/(K T) sum_{k,t} s_kt R_kt`` (``s = (a - theta) / sigma^
 ``R`` the reward-to-go); they differ in what autograd differentiates through them. The outer
 objective is the exact post-update return ``J(theta') = -((theta' - g)^2 + sigma^2)``.
 
-The meta-objective is ``F(theta) = E_tau[J(theta'(tau))]`` (seed 000, Eq. 1 with the inner
-gradient estimated from samples). Its exact gradient (seed 000, §3.2) is
+The meta-objective is ``F(theta) = E_tau[J(theta'(tau))]`` (MAME, Gurumurthy et al. 2019, Eq. 1 with the inner
+gradient estimated from samples). Its exact gradient (MAME, Gurumurthy et al. 2019, §3.2) is
 
     F'(theta) = E[J'(theta') d theta'/d theta |_tau fixed]   (post-update term, "post")
               + E[J(theta') d/d theta log P(tau | theta)]     (pre-update term,  "pre")
@@ -216,7 +216,7 @@ def test_exact_values_match_hand_derived_closed_forms():
 
 
 def test_exact_gradient_is_post_plus_pre_term():
-    """The pathwise derivative of E[J] equals the score-function decomposition post + pre (seed 000, §3.2)."""
+    """The pathwise derivative of E[J] equals the score-function decomposition post + pre (MAME, Gurumurthy et al. 2019, §3.2)."""
     values = exact_meta_gradients(K, T)
     assert sp.simplify(values["full"] - values["post"] - values["pre"]) == 0
     assert sp.simplify(values["pre"]) != 0

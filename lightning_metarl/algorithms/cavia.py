@@ -20,11 +20,11 @@ class CAVIA(MAML):
     The policy ``pi_theta(a | s, phi)`` takes a context vector ``phi`` (``context_size``
     entries) concatenated to the observation at its input layer. For every task ``phi`` starts
     at 0 and one policy-gradient step per inner step adapts it,
-    ``phi_i = 0 - alpha * grad_phi L_in(theta, 0, tau_i)`` (Zintgraf et al. 2019, Eq. 3 and
-    §5.3), with all tasks in one batched call; ``theta`` changes only in the outer step, on
-    the post-update loss of ``theta`` with ``phi_i(theta)`` (Eq. 4; second order through the
-    inner step). The context is not a parameter: the outer update never touches it, and it is
-    reset for every task.
+    ``phi_i = 0 - alpha * grad_phi L_in(theta, 0, tau_i)`` (the context update of Zintgraf et
+    al. 2019, §3), with all tasks in one batched call; ``theta`` changes only in the outer step,
+    on the post-update loss of ``theta`` with ``phi_i(theta)`` (their meta-update; second order
+    through the inner step). The context is not a parameter: the outer update never touches it,
+    and it is reset for every task.
 
     Inner objectives and outer optimizers are MAML's (``inner_objective``: ``"vpg"``
     (default), ``"lvc"``, ``"dice"``; ``outer_optimizer``: ``"adam"`` or ``"trpo"``, the paper
@@ -47,5 +47,6 @@ class CAVIA(MAML):
     def initial_fast_state(self) -> TensorDictBase:
         """``{"context": 0}`` for every task, ``[n_tasks, context_size]`` (a leaf the inner step differentiates)."""
         n_tasks = self.hparams.meta_batch_size
-        context = torch.zeros(n_tasks, self.hparams.context_size, device=self.device, requires_grad=True)
+        like = self.policy.log_std
+        context = torch.zeros(n_tasks, self.hparams.context_size, dtype=like.dtype, device=like.device, requires_grad=True)
         return TensorDict({CONTEXT: context}, batch_size=[n_tasks])

@@ -36,7 +36,7 @@ def discounted_rewards(rewards: torch.Tensor, mask: torch.Tensor, discount: floa
     """Per-step discounted rewards ``discount^t r_t`` (0 on padding).
 
     The cost of step ``t`` in the DiCE objective and the regression target of its baseline
-    (ALGORITHMS.md, "Inner objectives: DiCE").
+    (the DiCE-MAML inner objective of the ProMP benchmark code).
     """
     weights = discount_weights(rewards.shape[-1], discount, rewards.dtype, rewards.device)
     return zero_padding(rewards, mask) * weights
@@ -61,7 +61,7 @@ def n_step_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float, n
     """Truncated N-step return ``R^N_t = sum_{k < N} discount^k r_{t+k}`` without bootstrapping; 0 on padding.
 
     The sum stops at the episode end (``mask``) and at the horizon. MAME's self-supervision
-    target (seed 000, §4.1.1) is the sum of the next ``N = 15`` rewards, i.e. ``discount = 1``.
+    target (MAME, Gurumurthy et al. 2019, §4.1.1) is the sum of the next ``N = 15`` rewards, i.e. ``discount = 1``.
     """
     if n < 1:
         raise ValueError(f"n must be a positive integer, got {n}")

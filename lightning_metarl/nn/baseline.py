@@ -2,7 +2,7 @@
 
 Duan et al. (2016), "Benchmarking deep RL for continuous control": a ridge regression of the
 returns on the features ``[o, o^2, t, t^2, t^3, 1]``, refitted per task on every batch
-(ALGORITHMS.md, "Shared"). Solved in float64 for all tasks in one batched call.
+(as in the ProMP benchmark code, Rothfuss et al. 2019). Solved in float64 for all tasks in one batched call.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def dice_objective(log_prob: torch.Tensor, values: torch.Tensor, mask: torch.Ten
 
     ``tau_t`` is the cumulative log-probability (:func:`cumulative_log_prob`), so the value at
     step ``t`` is credited to the actions up to ``t`` only (causality). ``values`` may itself be
-    differentiable in other parameters: MAME's inner step (seed 000, §4, the equation after
+    differentiable in other parameters: MAME's inner step (MAME, Gurumurthy et al. 2019, §4, the equation after
     Eq. 5) is ``z' = z - alpha * grad_z dice_objective(log mu_phi(a|s), (M_{beta,z} - M)^2)``,
     whose derivative in ``phi`` through ``z'`` is the exploration policy's credit.
 
@@ -73,7 +73,7 @@ def dice_loss(
 ) -> torch.Tensor:
     """The DiCE inner objective ``-mean magic_box(tau_t) (discount^t r_t - b_t)`` per task, ``[n_tasks]``.
 
-    Reference definition (shared/reference/ALGORITHMS.md, "Inner objectives"; ProMP's DICE-MAML):
+    Reference definition (the DiCE-MAML inner objective of the ProMP benchmark code):
     ``b_t`` is a baseline fitted to the discounted per-step rewards ``discount^t r_t``
     (:func:`lightning_metarl.data.returns.discounted_step_rewards`). Its first derivative is the
     REINFORCE gradient with causal reward-to-go discounted from ``t = 0``; its second derivative
@@ -115,7 +115,7 @@ def dice_meta_loss(
 
     Its value is ``L_outer_i``; its gradient adds the score-function term
     ``(L_outer_i - b) * grad log P(tau_i|theta)``, the exact "pre-update" term ``grad J_pre`` of
-    ``d/dtheta E_tau[J(theta'(tau))]`` (seed 000, §3.2). With the inner step taken on the plain
+    ``d/dtheta E_tau[J(theta'(tau))]`` (MAME, Gurumurthy et al. 2019, §3.2). With the inner step taken on the plain
     :func:`~lightning_metarl.objectives.policy_gradient.vpg_loss` (whose derivative holds the
     samples fixed), ``dice_meta_loss`` gives an unbiased meta-gradient of that objective; the
     DiCE *inner* objective (:func:`dice_loss`) instead adds ProMP's linearised pre-update term

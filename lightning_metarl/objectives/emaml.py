@@ -1,10 +1,10 @@
-"""E-MAML's exploration term (Stadie et al. 2018; ProMP's "formulation I", seed 000 §2).
+"""E-MAML's exploration term (Stadie et al. 2018; "formulation I" of ProMP, Rothfuss et al. 2019, §4).
 
 The gradient of ``E_tau[J(theta'(tau))]`` has a term for the pre-update sampling
-distribution, ``E[J(theta') grad log P(tau | theta)]`` (``grad J_pre``, seed 000 §3.2), that
+distribution, ``E[J(theta') grad log P(tau | theta)]`` (``grad J_pre``, MAME, Gurumurthy et al. 2019, §3.2), that
 the MAML meta-gradient through a log-likelihood inner step omits. E-MAML adds it as a
 REINFORCE term: the post-update performance times the log-likelihood of the pre-update
-actions. The reference implementation (ALGORITHMS.md, "E-MAML") uses the task's mean
+actions. The ProMP benchmark code uses the task's mean
 post-update reward, standardised over the meta-batch, and the mean (not the sum) of the
 pre-update log-likelihoods, so the term is a rescaled, baselined version of that gradient.
 For the unbiased form (sum of the log-probabilities, raw outer loss) see

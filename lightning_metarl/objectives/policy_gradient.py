@@ -29,10 +29,10 @@ def per_task_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def vpg_loss(log_prob: torch.Tensor, advantage: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The REINFORCE ("log-likelihood") surrogate ``-mean_t log pi(a_t|s_t) A_t`` per task.
 
-    Its gradient is the vanilla policy gradient; used as MAML's inner objective (seed 000,
+    Its gradient is the vanilla policy gradient; used as MAML's inner objective (MAME, Gurumurthy et al. 2019,
     Eq. 1, ``U(theta, T)``) and as the MAML-VPG outer objective on post-update samples. Its
     second derivative holds the samples fixed (``R(tau) grad^2 log pi(tau)``), so a meta-gradient
-    through an inner step on it has only the ``grad J_post`` term of seed 000, §3.2.
+    through an inner step on it has only the ``grad J_post`` term of MAME, Gurumurthy et al. 2019, §3.2.
     """
     log_prob, advantage = zero_padding(log_prob, mask), zero_padding(advantage.detach(), mask)
     return -per_task_mean(log_prob * advantage, mask)

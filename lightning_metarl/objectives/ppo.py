@@ -1,6 +1,6 @@
 """ProMP's outer objective: PPO's clipped likelihood-ratio surrogate plus an inner-KL penalty.
 
-ALGORITHMS.md, "Outer objectives: ProMP" (Rothfuss et al. 2019, Eq. 15):
+ProMP (Rothfuss et al. 2019, Eq. 15):
 ``L(theta) = mean_tasks L_clip(theta'_i) + mean_k eta_k * mean_tasks KL(pi_theta_k,old || pi_theta_k)``,
 the clipped surrogate on the post-update samples and the KL between the sampling-time and the
 current pre-update policy of every inner step ``k`` on that step's samples, with ``eta`` fixed
@@ -66,7 +66,7 @@ class KLPenaltyCoefficient(nn.Module):
 
     With ``target`` set, :meth:`update` applies ProMP's rule to every step's coefficient after
     an outer update: halve ``eta`` if ``KL < target / 1.5``, double it if
-    ``KL > 1.5 * target`` (ALGORITHMS.md; reference: start 1e-3, target 0.01 on the
+    ``KL > 1.5 * target`` (ProMP benchmark code; reference: start 1e-3, target 0.01 on the
     Rand-Params envs). Without ``target`` the coefficients stay at ``init`` (reference: 5e-4).
 
     The coefficients are a persistent buffer, so they travel with ``state_dict`` /

@@ -1,0 +1,37 @@
+"""README claims that code can check: the worked example of "Adding an algorithm" is the real class."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from conftest import REPO
+
+
+def without_docstrings(node: ast.AST) -> str:
+    for item in ast.walk(node):
+        body = getattr(item, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            item.body = body[1:] or [ast.Pass()]
+    return ast.dump(node)
+
+
+def test_the_worked_example_is_the_cavia_module_without_its_docstrings():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Adding an algorithm", 1)[1].split("\n## ", 1)[0]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    example = ast.parse(snippet).body[0]
+    source = ast.parse((REPO / "lightning_metarl" / "algorithms" / "cavia.py").read_text())
+    (actual,) = [node for node in source.body if isinstance(node, ast.ClassDef) and node.name == example.name]
+    assert without_docstrings(example) == without_docstrings(actual)
+
+
+def test_the_hooks_the_readme_names_exist():
+    from lightning_metarl.algorithms import GradientMetaRLModule, MetaBatch, MetaRLModule
+
+    section = (REPO / "README.md").read_text().split("## Adding an algorithm", 1)[1].split("\n## ", 1)[0]
+    for name in re.findall(r"`(\w+)\(", section):
+        assert any(hasattr(cls, name) for cls in (GradientMetaRLModule, MetaRLModule, MetaBatch)) or name in {
+            "trpo_step", "CAVIA"}, name
+    assert "fast_states" in MetaBatch.__dataclass_fields__ and "pre_update" in MetaBatch.__dataclass_fields__
