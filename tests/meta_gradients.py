@@ -15,11 +15,12 @@ def to_double(batch):
 
 
 def double_meta_batch(module: GradientMetaRLModule) -> MetaBatch:
-    """Collect one meta-batch with ``module``, then turn the module and the batches to float64."""
+    """Collect one meta-batch with ``module``, then turn the module, the batches and the fast states to float64."""
     meta_batch = module.collect_and_adapt(module.sample_tasks())
     module.double()
     meta_batch.pre_update = [to_double(b) for b in meta_batch.pre_update]
     meta_batch.post_update = to_double(meta_batch.post_update)
+    meta_batch.fast_states = [to_double(state) for state in meta_batch.fast_states]
     return meta_batch
 
 

@@ -46,6 +46,9 @@ ALGORITHMS: dict[str, tuple[str, str, dict[str, Any]]] = {
                    {"inner_objective": "vpg", "outer_optimizer": "trpo", "max_kl": 0.01, "exploration_weight": 1.0}),
     "promp": ("ProMP", "ProMP: LVC inner step, PPO-clip (0.3) outer steps with an inner-KL penalty",
               {"outer_lr": 0.001, "clip_epsilon": 0.3}),
+    "mame": ("MAME", "MAME: exploration policy mu_phi, self-supervised inner step on z (15-step returns), PPO outer (Adam 7e-4)",
+             {"outer_lr": 0.0007, "latent_size": 32, "target": "n_step_return", "n_step": 15,
+              "inner_objective": "self_supervised", "exploration_update": "ppo", "clip_epsilon": 0.2}),
     "cavia": ("CAVIA", "CAVIA: VPG inner step on a context vector only (reset to 0 per task), TRPO outer step",
               {"inner_objective": "vpg", "outer_optimizer": "trpo", "max_kl": 0.01, "cg_iterations": 10,
                "backtrack_ratio": 0.8, "max_backtracks": 15}),
@@ -99,6 +102,9 @@ def render(family: str, suffix: str) -> str:
     }
     if cls == "ProMP":
         args.update(promp_outer(family))
+    if cls == "MAME":  # ProMP's inner rate and outer steps, one adaptation step (MAME, appendix 7.2)
+        args["num_inner_steps"] = inner_steps = 1
+        args["num_outer_steps"] = promp_outer(family)["num_outer_steps"]
     if cls == "CAVIA":
         args["context_size"], args["inner_lr"] = CAVIA[family]
         inner_lr = args["inner_lr"]
@@ -124,10 +130,19 @@ def render(family: str, suffix: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Configs named for what they are used for rather than by (family, algorithm).
+HEADLINE = {("Walker2D-Rand-Params", "mame"): "walker_rand.yaml"}
+
+
+def config_path(family: str, suffix: str) -> Path:
+    """Where the config of ``family`` and ``suffix`` goes."""
+    return CONF / HEADLINE.get((family, suffix), f"{FAMILIES[family][0]}_{suffix}.yaml")
+
+
 def all_configs() -> dict[Path, str]:
     """Every config this script writes, by path."""
     return {
-        CONF / f"{FAMILIES[family][0]}_{suffix}.yaml": render(family, suffix)
+        config_path(family, suffix): render(family, suffix)
         for family in FAMILIES
         for suffix in ALGORITHMS
         if suffix != "cavia" or family in CAVIA

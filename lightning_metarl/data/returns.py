@@ -21,6 +21,7 @@ __all__ = [
     "gae",
     "masked_mean",
     "n_step_returns",
+    "window_mean",
     "normalize_advantages",
 ]
 
@@ -76,6 +77,32 @@ def n_step_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float, n
         shifted = torch.cat([rewards[..., k:], torch.zeros_like(rewards[..., :k])], dim=-1)
         out = out + (discount**k) * torch.where(alive, shifted, torch.zeros_like(shifted))
     return zero_padding(out, mask)
+
+
+def window_mean(x: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of ``x[..., t', :]`` over the valid steps ``t' in [t, t + n)`` of the same episode; 0 on padding.
+
+    ``x`` is ``[..., T, F]`` (per-step features), ``mask`` ``[..., T]``. The window stops at the
+    episode end and at the horizon and is divided by the number of steps it holds. MAME's
+    truncated ``N``-step successor representation (Gurumurthy et al. 2019, §4.1.1) is this mean
+    of per-step features with ``n = N``, the window of the ``N``-step return it predicts.
+    """
+    if n < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    ok = valid_steps(mask)
+    x = torch.where(ok.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    if n == 1:
+        return x
+    zero = torch.zeros_like(x[..., :1, :])
+    sums = torch.cat([zero, x.cumsum(-2)], dim=-2)  # sums[..., k, :] = sum of x[..., :k, :]
+    horizon = x.shape[-2]
+    start = torch.arange(horizon, device=x.device)
+    end = (start + n).clamp_max(horizon)
+    window = sums[..., end, :] - sums[..., start, :]
+    # valid steps of the window: a prefix of it, since nothing after an episode end is valid
+    counts = torch.cat([torch.zeros_like(ok[..., :1], dtype=torch.long), ok.long().cumsum(-1)], dim=-1)
+    count = (counts[..., end] - counts[..., start]).clamp_min(1).to(x.dtype)
+    return torch.where(ok.unsqueeze(-1), window / count.unsqueeze(-1), torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def gae(

@@ -1,15 +1,17 @@
-"""Policies, their distributions, per-task functional evaluation, the collecting actors and baselines."""
+"""Policies, their distributions, MAME's self-supervision network, per-task functional evaluation, the collecting actors and baselines."""
 
 from lightning_metarl.nn.actor import PolicyActor
 from lightning_metarl.nn.baseline import fit_linear_baseline, linear_baseline_features, linear_baseline_values
 from lightning_metarl.nn.distributions import DiagGaussian, gaussian_kl, gaussian_log_prob
 from lightning_metarl.nn.functional import call_per_task, distribution_per_task, module_params
 from lightning_metarl.nn.policy import GaussianMLPPolicy, concat_inputs, mlp
+from lightning_metarl.nn.self_supervision import SelfSupervisionNetwork
 
 __all__ = [
     "DiagGaussian",
     "GaussianMLPPolicy",
     "PolicyActor",
+    "SelfSupervisionNetwork",
     "call_per_task",
     "concat_inputs",
     "distribution_per_task",
