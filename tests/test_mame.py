@@ -192,3 +192,39 @@ def test_resume_equals_an_uninterrupted_run(in_tmp):
     straight, resumed = (read_scalars(in_tmp / "runs" / name / "version_0") for name in ("straight", "resumed"))
     assert sorted(resumed["return/post_update"]) == [0, 1, 2]
     assert {t: straight[t] for t in tags} == {t: resumed[t] for t in tags}
+    # the held-out evaluation drew the first task's trajectories into TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(in_tmp / "runs" / "straight" / "version_0"), size_guidance={"images": 0})
+    events.Reload()
+    assert "val/trajectories" in events.Tags()["images"]
+
+
+def test_fewer_exploration_trajectories_are_collected_in_an_env_of_their_own():
+    module = tiny_mame(exploration_rollouts_per_task=2)
+    meta_batch = module.collect_and_adapt(module.sample_tasks())
+    assert meta_batch.pre_update[0].batch_size == (N_TASKS, 2, HORIZON)
+    assert meta_batch.post_update.batch_size == (N_TASKS, ROLLOUTS, HORIZON)
+    # both envs run the same tasks
+    assert torch.equal(module.exploration_env.tasks["goal"], module.env.tasks["goal"])
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    assert {"env", "exploration_env"} <= set(checkpoint["lightning_metarl_rng"])
+
+
+def test_trajectory_picture_marks_goal_and_both_phases():
+    from lightning_metarl.evaluation import trajectory_image
+    from lightning_metarl.evaluation.figures import EXPLOITATION, EXPLORATION, GOAL
+
+    explore = torch.tensor([[[-1.0, 0.0], [-1.0, 1.0]]])
+    exploit = torch.tensor([[[0.0, -1.0], [1.0, -1.0]]])
+    image = trajectory_image(explore, exploit, torch.tensor([1.0, 1.0]), extent=2.0, size=101)
+
+    def colour_at(x: float, y: float) -> tuple[float, ...]:
+        column, row = round((x + 2) / 4 * 100), 100 - round((y + 2) / 4 * 100)
+        return tuple(round(v, 2) for v in image[:, row, column].tolist())
+
+    assert colour_at(1.0, 1.0) == GOAL
+    assert colour_at(-1.0, 0.5) == EXPLORATION  # on the blue segment, y upwards
+    assert colour_at(0.5, -1.0) == EXPLOITATION
+    assert colour_at(0.5, 0.5) == (1.0, 1.0, 1.0)

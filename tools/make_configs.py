@@ -30,7 +30,12 @@ FAMILIES: dict[str, tuple[str, int, float, int, int, dict[str, Any]]] = {
     "Walker2D-Fwd-Bwd": ("walker2d_fwd_bwd", 200, 0.1, 1, 100, {}),
     "Walker2D-Rand-Params": ("walker2d_rand_params", 200, 0.05, 1, 100, {}),
     "Hopper-Rand-Params": ("hopper_rand_params", 200, 0.05, 1, 100, {}),
+    # MAME's sparse semicircle task (PEARL's sparse point robot), with 2 exploration trajectories
+    "Point-Semicircle": ("point_semicircle", 20, 0.1, 1, 50, {"reward_type": "sparse"}),
 }
+PROMP_BENCHMARK = [family for family in FAMILIES if family != "Point-Semicircle"]
+#: Exploration (pre-update) trajectories per task where they are fewer than the 20 post-update ones.
+EXPLORATION_ROLLOUTS = {"Point-Semicircle": 2}
 RAND_PARAMS = {"Walker2D-Rand-Params", "Hopper-Rand-Params"}
 
 ALGORITHMS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -81,13 +86,19 @@ def yaml_value(value: Any) -> str:
     return str(value)
 
 
-def render(family: str, suffix: str) -> str:
+#: MAME's Figure 11 on HalfCheetah-Vel: adaptation trajectories per task -> meta-batch size (800
+#: trajectories per phase in all four). The paper does not say how many post-update trajectories
+#: it used; here both phases collect the same number per task, as in the reference samplers.
+SENSITIVITY = {2: 400, 5: 160, 10: 80, 20: 40}
+
+
+def render(family: str, suffix: str, tasks: int = 40, rollouts: int = 20) -> str:
     stem, horizon, inner_lr, inner_steps, epochs, env_kwargs = FAMILIES[family]
     cls, description, algo_args = ALGORITHMS[suffix]
     args: dict[str, Any] = {
         "env": family,
-        "meta_batch_size": 40,
-        "rollouts_per_task": 20,
+        "meta_batch_size": tasks,
+        "rollouts_per_task": rollouts,
         "horizon": horizon,
         "num_inner_steps": inner_steps,
         "inner_lr": inner_lr,
@@ -102,6 +113,8 @@ def render(family: str, suffix: str) -> str:
     }
     if cls == "ProMP":
         args.update(promp_outer(family))
+    if family in EXPLORATION_ROLLOUTS:
+        args["exploration_rollouts_per_task"] = EXPLORATION_ROLLOUTS[family]
     if cls == "MAME":  # ProMP's inner rate and outer steps, one adaptation step (MAME, appendix 7.2)
         args["num_inner_steps"] = inner_steps = 1
         args["num_outer_steps"] = promp_outer(family)["num_outer_steps"]
@@ -110,8 +123,10 @@ def render(family: str, suffix: str) -> str:
         inner_lr = args["inner_lr"]
     lines = [
         f"# {description},",
-        f"# on {family} (H = {horizon}, meta-batch 40 tasks x 20 rollouts, inner lr {inner_lr},"
-        f" {inner_steps} inner step{'s' if inner_steps > 1 else ''}).",
+        f"# on {family} (H = {horizon}, meta-batch {tasks} tasks x {rollouts} rollouts, inner lr {inner_lr},"
+        f" {inner_steps} inner step{'s' if inner_steps > 1 else ''}"
+        + (f", {args['exploration_rollouts_per_task']} exploration rollouts per task" if "exploration_rollouts_per_task" in args else "")
+        + ").",
         f"# {epochs} epochs x 10 = {epochs * 10} meta-iterations. Written by tools/make_configs.py.",
         "seed_everything: 1",
         "trainer:",
@@ -141,12 +156,25 @@ def config_path(family: str, suffix: str) -> Path:
 
 def all_configs() -> dict[Path, str]:
     """Every config this script writes, by path."""
-    return {
+    configs = {
         config_path(family, suffix): render(family, suffix)
-        for family in FAMILIES
         for suffix in ALGORITHMS
-        if suffix != "cavia" or family in CAVIA
+        for family in algorithm_families(suffix)
     }
+    for suffix in ("mame", "promp"):
+        for rollouts, tasks in SENSITIVITY.items():
+            path = CONF / f"half_cheetah_vel_{suffix}_adapt{rollouts}.yaml"
+            configs[path] = render("HalfCheetah-Vel", suffix, tasks, rollouts)
+    return configs
+
+
+def algorithm_families(suffix: str) -> list[str]:
+    """The families an algorithm has configs for: the ProMP benchmark; CAVIA's and MAME's own."""
+    if suffix == "cavia":
+        return list(CAVIA)
+    if suffix in ("mame", "promp"):
+        return [*PROMP_BENCHMARK, "Point-Semicircle"]
+    return PROMP_BENCHMARK
 
 
 def main() -> None:

@@ -29,7 +29,9 @@ from lightning_metarl import envs
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.data import add_advantages, collect
 from lightning_metarl.envs.base import BatchedMetaEnv
+from lightning_metarl.envs.point import PointGoalEnv
 from lightning_metarl.errors import CheckpointError, ConfigError
+from lightning_metarl.evaluation.figures import trajectory_image
 from lightning_metarl.nn import GaussianMLPPolicy, PolicyActor
 
 _RNG_KEY = "lightning_metarl_rng"
@@ -137,9 +139,22 @@ class MetaRLModule(LightningModule):
         """Draw this iteration's meta-batch of tasks from the seeded task generator."""
         return self.env.sample_tasks(self.hparams.meta_batch_size, self.task_rng, **self.env.family_kwargs())
 
+    def physics_envs(self) -> dict[str, BatchedMetaEnv]:
+        """Every batched env of the module by name (``"env"``; more where phases differ in size)."""
+        return {"env": self.env}
+
+    def env_for(self, phase: str) -> BatchedMetaEnv:
+        """The batched env that ``phase`` collects in (``self.env`` here)."""
+        return self.env
+
+    def set_tasks(self, tasks: TensorDictBase) -> None:
+        """Give ``tasks`` to every env of the module."""
+        for env in self.physics_envs().values():
+            env.set_tasks(tasks)
+
     def collect(self, actor: PolicyActor, phase: str = "exploit") -> TensorDictBase:
-        """Trajectories ``[n_tasks, rollouts, T]`` of ``actor`` on the env's current tasks, processed by :meth:`process`."""
-        batch = collect(self.env, actor).to(self.device)
+        """Trajectories ``[n_tasks, rollouts, T]`` of ``actor`` on the current tasks, processed by :meth:`process`."""
+        batch = collect(self.env_for(phase), actor).to(self.device)
         return self.process(batch, phase)
 
     def process(self, batch: TensorDictBase, phase: str) -> TensorDictBase:
@@ -184,18 +199,38 @@ class MetaRLModule(LightningModule):
         """
         seed = self.hparams.eval_seed + index
         tasks = self.env.held_out_tasks(self.hparams.meta_batch_size, seed=seed)
-        env_state = self.env.rng_state()
-        self.env.set_rng_state({"rng": torch.Generator().manual_seed(seed).get_state()})
+        envs = self.physics_envs()
+        env_states = {name: env.rng_state() for name, env in envs.items()}
+        for k, env in enumerate(envs.values()):
+            env.set_rng_state({"rng": torch.Generator().manual_seed(seed + 7919 * k).get_state()})
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 meta_batch = self.collect_and_adapt(tasks, torch.Generator().manual_seed(seed))
         finally:
-            self.env.set_rng_state(env_state)
+            for name, env in envs.items():
+                env.set_rng_state(env_states[name])
         returns = {f"{stage}/{name}": value.item() for name, value in meta_batch.returns().items()}
         for name, value in returns.items():
             self.log(name, value, on_step=False, on_epoch=True, batch_size=1,
                      prog_bar=name == f"{stage}/return/post_update")
+        if index == 0:
+            self.log_trajectory_figure(stage, meta_batch)
         return returns
+
+    def log_trajectory_figure(self, stage: str, meta_batch: MetaBatch) -> None:
+        """On the 2D point families, an image of the first task's pre- and post-update trajectories with its goal.
+
+        Logged as ``<stage>/trajectories`` (blue: exploration, orange: exploitation, green: goal;
+        the shape of MAME's Figures 5-6) when the logger is TensorBoard's.
+        """
+        add_image = getattr(getattr(self.logger, "experiment", None), "add_image", None)
+        if add_image is None or not isinstance(self.env, PointGoalEnv):
+            return
+        explore = meta_batch.pre_update[0].get(("next", "observation"))[0]
+        exploit = meta_batch.post_update.get(("next", "observation"))[0]
+        goal = meta_batch.tasks.get("goal")[0]
+        extent = 1.1 * max(explore.abs().max().item(), exploit.abs().max().item(), goal.abs().max().item(), 1e-3)
+        add_image(f"{stage}/trajectories", trajectory_image(explore, exploit, goal, extent), int(self.iteration.item()))
 
     def log_iteration(self, meta_batch: MetaBatch, metrics: dict[str, torch.Tensor], iteration_s: float) -> None:
         """Log the iteration's returns, losses and timings under namespaced TensorBoard tags."""
@@ -237,7 +272,7 @@ class MetaRLModule(LightningModule):
         checkpoint[_RNG_KEY] = {
             "task": self.task_rng.get_state(),
             "action": self.action_rng.get_state(),
-            "env": self.env.rng_state(),
+            **{name: env.rng_state() for name, env in self.physics_envs().items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -247,4 +282,7 @@ class MetaRLModule(LightningModule):
             raise CheckpointError(f"checkpoint was not written by {type(self).__name__} (no generator states)")
         self.task_rng.set_state(state["task"])
         self.action_rng.set_state(state["action"])
-        self.env.set_rng_state(state["env"])
+        for name, env in self.physics_envs().items():
+            if name not in state:
+                raise CheckpointError(f"checkpoint has no generator state of the {name!r} env of {type(self).__name__}")
+            env.set_rng_state(state[name])

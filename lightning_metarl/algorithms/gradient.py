@@ -34,8 +34,10 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictParams
 
+from lightning_metarl import envs
 from lightning_metarl.algorithms.base import MetaRLModule
 from lightning_metarl.algorithms.meta_batch import MetaBatch
+from lightning_metarl.envs.base import BatchedMetaEnv
 from lightning_metarl.errors import ConfigError
 from lightning_metarl.nn import DiagGaussian, PolicyActor, distribution_per_task, module_params
 from lightning_metarl.objectives import per_task_mean
@@ -53,6 +55,10 @@ class GradientMetaRLModule(MetaRLModule):
         learn_inner_lr: meta-learn a step size per fast-state entry (Meta-SGD, Li et al. 2017;
             initialised to ``inner_lr``) with the outer update; otherwise alpha is the constant
             ``inner_lr``.
+        exploration_rollouts_per_task: trajectories per task of the pre-update (exploration)
+            phases, if other than ``rollouts_per_task`` (which the post-update phase keeps); they
+            are collected in an env of their own (e.g. 2 for Point-Semicircle in MAME, and the
+            2/5/10/20 adaptation trajectories of MAME's Figure 11).
         **kwargs: see :class:`~lightning_metarl.algorithms.base.MetaRLModule`.
     """
 
@@ -62,17 +68,37 @@ class GradientMetaRLModule(MetaRLModule):
         num_inner_steps: int = 1,
         inner_lr: float = 0.1,
         learn_inner_lr: bool = False,
+        exploration_rollouts_per_task: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(num_inner_steps, int) or num_inner_steps < 1:
             raise ConfigError(f"model.num_inner_steps must be a positive integer, got {num_inner_steps!r}")
+        rollouts = exploration_rollouts_per_task
+        if rollouts is not None and (isinstance(rollouts, bool) or not isinstance(rollouts, int) or rollouts < 1):
+            raise ConfigError(f"model.exploration_rollouts_per_task must be a positive integer, got {rollouts!r}")
+        self.__dict__["exploration_env"] = None
+        if rollouts is not None and rollouts != self.hparams.rollouts_per_task:
+            hp = self.hparams
+            self.__dict__["exploration_env"] = envs.make(
+                hp.env, n_tasks=hp.meta_batch_size, rollouts_per_task=rollouts, horizon=hp.horizon,
+                seed=int(torch.randint(0, 2**62, (1,)).item()), **(hp.env_kwargs or {}),
+            )
         self.inner_step_sizes: TensorDictParams | None = None
         if learn_inner_lr:
             sizes = self.initial_fast_state()[0].detach().apply(lambda p: torch.full_like(p, float(inner_lr)))
             self.inner_step_sizes = TensorDictParams(sizes)
 
     # ------------------------------------------------------------------ hooks
+    def physics_envs(self) -> dict[str, BatchedMetaEnv]:
+        """The env, and the exploration phases' own env if their rollout count differs."""
+        extra = {} if self.exploration_env is None else {"exploration_env": self.exploration_env}
+        return {**super().physics_envs(), **extra}
+
+    def env_for(self, phase: str) -> BatchedMetaEnv:
+        """The exploration env for ``"explore"`` if there is one, else ``self.env``."""
+        return self.exploration_env if phase == "explore" and self.exploration_env is not None else self.env
+
     def policy_params(self) -> TensorDictBase:
         """The shared (pre-update) policy parameters theta as a TensorDict, batch size ``[]`` (no buffers)."""
         return module_params(self.policy)
@@ -170,7 +196,7 @@ class GradientMetaRLModule(MetaRLModule):
         """
         generator = self.action_rng if generator is None else generator
         timings = {"collect": 0.0, "adapt": 0.0}
-        self.env.set_tasks(tasks)
+        self.set_tasks(tasks)
         state = self.initial_fast_state()
         # clones: the first state may be a view of the parameters that the optimizer updates in place
         states = [state.detach().clone()]
