@@ -4,7 +4,7 @@
 
 For each family, in one run (timings interleaved, best of ``--repeats`` after a warm-up):
 
-(a) ``ours``: env steps/s of :func:`lightning_metarl.data.collect` (TorchRL ``env.rollout``)
+(a) ``ours``: env steps/s of :func:`lightning_metarl.data.collect` (a TorchRL ``Collector``)
     driving the family's batched env with a 64x64 tanh Gaussian policy at the reference sizes
     (``--tasks`` 40 x ``--rollouts`` 20 copies, the family's horizon H unless ``--steps``),
     resets, observations, rewards and masking included;
