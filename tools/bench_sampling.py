@@ -19,6 +19,9 @@ For each family, in one run (timings interleaved, best of ``--repeats`` after a 
     same kind of policy, in env steps/s. It steps one env at a time in Python, so its steps/s
     barely depends on the number of envs; ``--gym-envs`` (default 40) envs are timed, not 800.
 
+With ``--rollout`` it also times (a) through TorchRL's ``env.rollout`` (what collection used before
+it moved to the ``Collector``) and prints ``ours / rollout``.
+
 The policy runs with one torch thread (``torch.set_num_threads(1)``) so that it does not compete
 with the physics pool for the cores.
 """
@@ -90,6 +93,18 @@ class Ours:
     def __call__(self) -> int:
         batch = collect(self.env, self.actor)
         self.last_actions = batch.get("action")
+        return self.env.n_tasks * self.env.rollouts_per_task * self.env.horizon
+
+
+class PlainRollout(Ours):
+    """(a'): the same episode through TorchRL's ``env.rollout`` instead of a ``Collector`` (``--rollout``)."""
+
+    def __call__(self) -> int:
+        self.actor.begin_trial()
+        self.actor.begin_episode(self.env.batch_size)
+        with torch.no_grad():
+            self.env.rollout(max_steps=self.env.horizon, policy=self.actor, auto_reset=True,
+                             break_when_any_done=False, break_when_all_done=False)
         return self.env.n_tasks * self.env.rollouts_per_task * self.env.horizon
 
 
@@ -167,6 +182,8 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, float]:
     ceiling = Ceiling(env, ours.last_actions, args.threads)
     ceiling()
     runners: dict[str, Callable[[], int]] = {"ours": ours, "ceiling": ceiling}
+    if args.rollout:
+        runners["rollout"] = PlainRollout(env, args.seed)
     gym = None if args.no_gym else GymLoop(env, args.gym_envs, args.seed)
     if gym is not None:
         gym()
@@ -180,6 +197,7 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, float]:
         if gym is not None:
             gym.close()
     best.setdefault("gym", float("nan"))
+    best.setdefault("rollout", float("nan"))
     best["horizon"] = env.horizon
     return best
 
@@ -195,17 +213,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed episodes per measurement (best is kept)")
     parser.add_argument("--gym-envs", type=int, default=40, help="envs in gymnasium's SyncVectorEnv")
     parser.add_argument("--no-gym", action="store_true", help="skip the gymnasium comparison")
+    parser.add_argument("--rollout", action="store_true",
+                        help="also time the same episode through env.rollout (column ours/rollout)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
     print(f"{args.tasks} tasks x {args.rollouts} rollouts, {args.threads} physics threads, "
           f"{args.gym_envs} gymnasium envs, torch {torch.__version__}, mujoco {mujoco.__version__}")
-    print(f"{'family':22s} {'H':>4s} {'ours/s':>9s} {'ceiling/s':>10s} {'ours/ceil':>9s} {'gym/s':>8s} {'ours/gym':>8s}")
+    print(f"{'family':22s} {'H':>4s} {'ours/s':>9s} {'ceiling/s':>10s} {'ours/ceil':>9s} {'gym/s':>8s} {'ours/gym':>8s}"
+          f" {'ours/rollout':>12s}")
     for family in args.families:
         r = bench_family(family, args)
         print(f"{family:22s} {r['horizon']:4.0f} {r['ours']:9.0f} {r['ceiling']:10.0f} {r['ours'] / r['ceiling']:9.2f} "
-              f"{r['gym']:8.0f} {r['ours'] / r['gym']:8.2f}", flush=True)
+              f"{r['gym']:8.0f} {r['ours'] / r['gym']:8.2f} {r['ours'] / r['rollout']:12.2f}", flush=True)
 
 
 if __name__ == "__main__":
