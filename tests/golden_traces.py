@@ -32,6 +32,7 @@ TRACES: dict[str, tuple[str, list[str]]] = {
     "maml_learned_step_sizes": ("point_corner_maml.yaml", ["--model.init_args.learn_inner_lr", "true"]),
     "promp_half_cheetah": ("half_cheetah_fwd_bwd_promp.yaml", []),
     "maml_trpo_half_cheetah_vel": ("half_cheetah_vel_maml_trpo.yaml", []),
+    "maml_trpo_walker_rand": ("walker2d_rand_params_maml_trpo.yaml", []),
 }
 #: Wall-clock measurements: not part of a trace.
 TIMING_PREFIXES = ("perf/",)

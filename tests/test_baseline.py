@@ -175,3 +175,19 @@ def test_a_task_that_never_fits_gets_zero_coefficients(monkeypatch):
     for task in (0, 2):
         want = reference_fit(features[task].numpy(), targets[task].numpy())
         torch.testing.assert_close(coeffs[task], torch.from_numpy(want), rtol=1e-8, atol=1e-10)
+
+
+def test_the_fit_is_bit_reproducible_on_an_ill_conditioned_system():
+    """The same inputs give the same bits, call after call (torch's default lstsq driver does not)."""
+    generator = torch.Generator().manual_seed(0)
+    observation = torch.randn(3, 4, 12, 17, generator=generator, dtype=torch.float64) * torch.linspace(0.01, 5, 17)
+    features = linear_baseline_features(observation).reshape(3, -1, 38)
+    targets = torch.randn(3, 48, generator=generator, dtype=torch.float64)
+    mask = torch.ones(3, 48, dtype=torch.bool)
+    gram = features.transpose(-1, -2) @ features
+    assert torch.linalg.cond(gram).min() > 1e6  # badly conditioned, as real baseline fits are
+    fits = []
+    for k in range(10):
+        torch.empty(k * 13 + 5, dtype=torch.float64)  # other allocations in between
+        fits.append(fit_linear_baseline(features.clone(), targets.clone(), mask.clone()))
+    assert all(torch.equal(fits[0], fit) for fit in fits)

@@ -44,7 +44,8 @@ def fit_linear_baseline(
 
     Returns:
         Coefficients ``[n_tasks, F]`` (dtype of ``features``) solving
-        ``(X^T X + reg I) w = X^T y`` in float64 by least squares, as the reference. A task
+        ``(X^T X + reg I) w = X^T y`` in float64 by least squares (SVD-based ``gelsd``, numpy's
+        ``lstsq``), as the reference; bit-reproducible from call to call. A task
         whose fit is still not finite after ``max_tries`` gets zero coefficients, so its
         baseline predicts 0 (the reference would keep the NaN coefficients and poison the
         advantages of every later step).
@@ -62,7 +63,11 @@ def fit_linear_baseline(
     for _ in range(max_tries):
         index = todo.nonzero().squeeze(-1)
         a = gram[index] + reg[index, None, None] * eye
-        solution = torch.linalg.lstsq(a, rhs[index].unsqueeze(-1)).solution.squeeze(-1)
+        # gelsd (SVD), numpy's lstsq as in the reference: torch's default gelsy is not reproducible
+        # on these ill-conditioned systems (identical inputs, different last bits from call to call).
+        # It runs on the CPU: CUDA's lstsq has no SVD driver, and the systems are tiny.
+        solution = torch.linalg.lstsq(a.cpu(), rhs[index].unsqueeze(-1).cpu(), driver="gelsd").solution
+        solution = solution.squeeze(-1).to(a.device)
         ok = torch.isfinite(solution).all(-1)
         coeffs[index[ok]] = solution[ok]
         todo[index[ok]] = False
