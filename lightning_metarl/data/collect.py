@@ -10,6 +10,9 @@ what RL²-style trials need; gradient-based methods collect trials of one episod
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from tensordict import TensorDictBase
 from torchrl.collectors import Collector
@@ -23,6 +26,17 @@ def episode_mask(done: torch.Tensor) -> torch.Tensor:
     done = done.to(torch.int64)
     ended_before = torch.cumsum(done, dim=-1) - done
     return ended_before == 0
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op torch threads, then restore the previous number."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def collect_episode(env: BatchedMetaEnv, actor: PolicyActor) -> TensorDictBase:
@@ -46,7 +60,8 @@ def collect_episode(env: BatchedMetaEnv, actor: PolicyActor) -> TensorDictBase:
     )
     # Building the collector resets the env; only the reset of its first batch draws noise that counts.
     env.set_rng_state(rng_state)
-    with torch.no_grad():
+    # The policy's forward pass is small; torch threads would only compete with the physics pool.
+    with torch.no_grad(), torch_threads(1):
         batch = next(iter(collector))
     collector.shutdown(close_env=False)
     batch.set("mask", episode_mask(batch.get(("next", "done")).squeeze(-1)))
