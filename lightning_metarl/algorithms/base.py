@@ -114,8 +114,10 @@ class MetaRLModule(LightningModule):
             raise ConfigError(f"model.discount must be in [0, 1], got {hp.discount}")
         if not 0.0 <= hp.gae_lambda <= 1.0:
             raise ConfigError(f"model.gae_lambda must be in [0, 1], got {hp.gae_lambda}")
-        if hp.init_std <= 0:
+        if not hp.init_std > 0:
             raise ConfigError(f"model.init_std must be positive, got {hp.init_std}")
+        if not hp.outer_lr > 0:
+            raise ConfigError(f"model.outer_lr must be positive, got {hp.outer_lr}")
 
     # ------------------------------------------------------------------ model pieces
     def build_policy(self) -> torch.nn.Module:

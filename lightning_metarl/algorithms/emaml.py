@@ -9,6 +9,7 @@ from tensordict import TensorDictBase
 
 from lightning_metarl.algorithms.maml import MAML
 from lightning_metarl.algorithms.meta_batch import MetaBatch
+from lightning_metarl.errors import ConfigError
 from lightning_metarl.objectives import emaml_loss
 
 
@@ -32,6 +33,8 @@ class EMAML(MAML):
     """
 
     def __init__(self, *args: Any, exploration_weight: float = 1.0, **kwargs: Any) -> None:
+        if not exploration_weight >= 0:
+            raise ConfigError(f"model.exploration_weight must be non-negative, got {exploration_weight}")
         super().__init__(*args, **kwargs)
 
     def outer_loss(self, meta_batch: MetaBatch, path: list[TensorDictBase]) -> torch.Tensor:

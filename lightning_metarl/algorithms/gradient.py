@@ -74,6 +74,8 @@ class GradientMetaRLModule(MetaRLModule):
         super().__init__(*args, **kwargs)
         if not isinstance(num_inner_steps, int) or num_inner_steps < 1:
             raise ConfigError(f"model.num_inner_steps must be a positive integer, got {num_inner_steps!r}")
+        if not inner_lr > 0:
+            raise ConfigError(f"model.inner_lr must be positive, got {inner_lr}")
         rollouts = exploration_rollouts_per_task
         if rollouts is not None and (isinstance(rollouts, bool) or not isinstance(rollouts, int) or rollouts < 1):
             raise ConfigError(f"model.exploration_rollouts_per_task must be a positive integer, got {rollouts!r}")

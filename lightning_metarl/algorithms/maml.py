@@ -77,8 +77,15 @@ class MAML(GradientMetaRLModule):
             raise ConfigError(f"model.inner_objective must be 'vpg', 'lvc' or 'dice', got {inner_objective!r}")
         if outer_optimizer not in ("adam", "trpo"):
             raise ConfigError(f"model.outer_optimizer must be 'adam' or 'trpo', got {outer_optimizer!r}")
-        if max_kl <= 0 or not 0 < backtrack_ratio < 1:
-            raise ConfigError("model.max_kl must be positive and model.backtrack_ratio in (0, 1)")
+        if not max_kl > 0:
+            raise ConfigError(f"model.max_kl must be positive, got {max_kl}")
+        if not 0 < backtrack_ratio < 1:
+            raise ConfigError(f"model.backtrack_ratio must be in (0, 1), got {backtrack_ratio}")
+        for name, value in (("cg_iterations", cg_iterations), ("max_backtracks", max_backtracks)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+        if not cg_damping >= 0:
+            raise ConfigError(f"model.cg_damping must be non-negative, got {cg_damping}")
 
     # ------------------------------------------------------------------ inner step
     def inner_loss(self, fast_state: TensorDictBase, batch: TensorDictBase) -> torch.Tensor:

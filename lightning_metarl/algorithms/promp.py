@@ -56,8 +56,12 @@ class ProMP(GradientMetaRLModule):
         super().__init__(*args, **kwargs)
         if not isinstance(num_outer_steps, int) or num_outer_steps < 1:
             raise ConfigError(f"model.num_outer_steps must be a positive integer, got {num_outer_steps!r}")
-        if clip_epsilon <= 0 or inner_kl_coeff < 0 or (target_inner_kl is not None and target_inner_kl <= 0):
-            raise ConfigError("model.clip_epsilon and model.target_inner_kl must be positive, model.inner_kl_coeff >= 0")
+        if not clip_epsilon > 0:
+            raise ConfigError(f"model.clip_epsilon must be positive, got {clip_epsilon}")
+        if not inner_kl_coeff >= 0:
+            raise ConfigError(f"model.inner_kl_coeff must be non-negative, got {inner_kl_coeff}")
+        if target_inner_kl is not None and not target_inner_kl > 0:
+            raise ConfigError(f"model.target_inner_kl must be positive, got {target_inner_kl}")
         self.kl_coefficient = KLPenaltyCoefficient(inner_kl_coeff, num_steps=self.hparams.num_inner_steps, target=target_inner_kl)
 
     def inner_loss(self, fast_state: TensorDictBase, batch: TensorDictBase) -> torch.Tensor:
