@@ -114,7 +114,7 @@ def test_maml_trpo_update_respects_the_trust_region(cls):
     old_adapted = meta_batch.fast_states[-1]
     before = [p.detach().clone() for p in module.parameters()]
     surrogate_before = outer_loss(module, meta_batch).item()
-    metrics = module.outer_update(meta_batch)
+    metrics = module.meta_update(meta_batch)
     assert metrics["trpo/accepted"] == 1.0
     new_adapted = module.adapt(meta_batch.pre_update, create_graph=False)
     kl = module.kl(old_adapted, new_adapted, meta_batch.post_update).mean().item()

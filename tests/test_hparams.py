@@ -34,7 +34,8 @@ def test_a_bad_value_is_refused_with_its_key_named(cls, key: str, value):
 
 
 def test_the_cli_refuses_a_negative_learning_rate_before_any_run_folder_exists(in_tmp, capsys):
-    from conftest import POINT_CONFIG, TINY as TINY_CLI
+    from conftest import POINT_CONFIG
+    from conftest import TINY as TINY_CLI
 
     from lightning_metarl.cli import main
 

@@ -21,7 +21,9 @@ The hooks:
 - :meth:`~GradientMetaRLModule.process`: per-phase processing of a collected batch.
 - :meth:`~GradientMetaRLModule.inner_loss`: the per-task inner objective.
 - :meth:`~GradientMetaRLModule.adaptation_path`: every fast state from the first to the last,
-  as a function of the meta-parameters (what a meta-gradient differentiates).
+  as a function of the meta-parameters (what a meta-gradient differentiates);
+- ``meta_update(meta_batch)`` (of :class:`~lightning_metarl.algorithms.base.MetaRLModule`): the
+  outer update.
 """
 
 from __future__ import annotations
@@ -215,12 +217,4 @@ class GradientMetaRLModule(MetaRLModule):
         post_update = self.collect(self.actor(state, "exploit", generator), "exploit")
         timings["collect"] += time.perf_counter() - t0
         return MetaBatch(tasks, pre_update, post_update, states, timings)
-
-    def meta_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
-        """The outer update (:meth:`outer_update`)."""
-        return self.outer_update(meta_batch)
-
-    def outer_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
-        """Update the meta-parameters from ``meta_batch``; return scalars to log."""
-        raise NotImplementedError
 

@@ -253,7 +253,7 @@ class MAME(GradientMetaRLModule):
             terms["exploration_clip_fraction"] = clip_fraction(log_mu, old_mu, mask, epsilon).mean()
         return terms
 
-    def outer_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
+    def meta_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
         """``num_outer_steps`` Adam steps on the exploitation and exploration PPO losses."""
         explore = meta_batch.pre_update[0]
         metrics: dict[str, torch.Tensor] = {}

@@ -121,7 +121,7 @@ class MAML(GradientMetaRLModule):
             return vpg_loss(log_prob, advantage, mask).mean()
         return likelihood_ratio_loss(log_prob, post.get("action_log_prob"), advantage, mask).mean()
 
-    def outer_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
+    def meta_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
         """One Adam step, or one TRPO step, on :meth:`outer_loss`."""
         if self.hparams.outer_optimizer == "trpo":
             return self.trpo_update(meta_batch)

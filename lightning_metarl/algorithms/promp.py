@@ -100,7 +100,7 @@ class ProMP(GradientMetaRLModule):
             "clip_fraction": clip_fraction(log_prob, old_log_prob, mask, epsilon).mean(),
         }
 
-    def outer_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
+    def meta_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
         """``num_outer_steps`` Adam steps on the ProMP loss, then the adaptive-eta update."""
         optimizer = self.optimizers()
         history = []
