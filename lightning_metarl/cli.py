@@ -55,7 +55,7 @@ class MetaRLCLI(LightningCLI):
         kwargs["trainer_defaults"] = {
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": "runs", "name": DEFAULT_RUN_NAME},
+                "init_args": {"save_dir": "runs", "name": DEFAULT_RUN_NAME, "default_hp_metric": False},
             },
             "log_every_n_steps": 1,
             "inference_mode": False,  # meta-test adaptation differentiates the inner objective
