@@ -127,3 +127,31 @@ def test_model_settings_that_a_checkpoint_overrides_are_named(in_tmp: Path):
     with pytest.warns(UserWarning, match=r"ignored: model\.init_args\.inner_lr: 0\.5 \(checkpoint: 0\.1\)"):
         main(["validate", "--config", str(POINT_CONFIG), *TINY, "--ckpt_path", str(last),
               "--model.init_args.inner_lr", "0.5"])
+
+
+def test_validate_and_test_use_different_held_out_tasks_and_test_writes_a_csv(in_tmp: Path):
+    import csv
+
+    fit("--model.init_args.eval_batches", "2", epochs=1)
+    checkpoint = str(in_tmp / "runs" / "point_corner_maml" / "version_0" / "checkpoints" / "last.ckpt")
+    common = ["--config", str(POINT_CONFIG), *TINY, "--model.init_args.eval_batches", "2", "--ckpt_path", checkpoint]
+    main(["validate", *common])
+    main(["test", *common])
+    (path,) = list((in_tmp / "runs").rglob("test_returns.csv"))
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["batch", "task", "step", "return"]
+    per_task: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        per_task.setdefault((row["batch"], row["task"]), []).append(row["step"])
+    assert len(per_task) == 2 * 3  # eval_batches x meta_batch_size
+    assert all(steps == ["0", "1"] for steps in per_task.values())  # k + 1 rows per task, k = 1 inner step
+
+    from lightning_metarl.algorithms import MAML
+    from lightning_metarl.algorithms.base import TEST_SEED_OFFSET
+
+    module = MAML(meta_batch_size=3, rollouts_per_task=2, horizon=4)
+    seed = module.hparams.eval_seed
+    val_goals = module.env.held_out_tasks(3, seed=seed)["goal"]
+    test_goals = module.env.held_out_tasks(3, seed=seed + TEST_SEED_OFFSET)["goal"]
+    assert not torch.equal(val_goals, test_goals)

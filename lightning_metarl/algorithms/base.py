@@ -16,8 +16,10 @@ directly.
 
 from __future__ import annotations
 
+import csv
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +37,10 @@ from lightning_metarl.evaluation.figures import trajectory_image
 from lightning_metarl.nn import GaussianMLPPolicy, PolicyActor
 
 _RNG_KEY = "lightning_metarl_rng"
+#: Added to ``eval_seed`` for the test set, which is then disjoint from the validation set.
+TEST_SEED_OFFSET = 500_000_003
+#: The file ``test`` writes into its run folder.
+TEST_CSV = "test_returns.csv"
 
 
 def _seed_from_global() -> int:
@@ -189,17 +195,35 @@ class MetaRLModule(LightningModule):
         self.evaluate("val", batch_idx)
 
     def test_step(self, batch: int, batch_idx: int) -> None:
-        """As :meth:`validation_step`, logged under ``test/``."""
+        """As :meth:`validation_step` on a held-out set of its own, logged under ``test/`` and into ``test_returns.csv``."""
         self.evaluate("test", batch_idx)
+
+    def on_test_epoch_start(self) -> None:
+        self._test_rows: list[tuple[int, int, int, float]] = []
+
+    def on_test_epoch_end(self) -> None:
+        """Write ``test_returns.csv`` (columns ``batch, task, step, return``) into the logger's run folder."""
+        log_dir = getattr(self.logger, "log_dir", None)
+        if log_dir is None or not self._test_rows:
+            return
+        path = Path(log_dir) / TEST_CSV
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["batch", "task", "step", "return"])
+            writer.writerows(self._test_rows)
 
     def evaluate(self, stage: str, index: int) -> dict[str, float]:
         """Adapt to the ``index``-th fixed meta-batch of held-out tasks and log its returns.
 
         The held-out tasks and the evaluation noise come from generators seeded with
-        ``eval_seed + index``; the training generators are left untouched, so evaluating does
-        not change the course of training.
+        ``eval_seed + index`` for validation and ``eval_seed + TEST_SEED_OFFSET + index`` for
+        test, so the two evaluate different tasks with different noise; the training generators
+        are left untouched, so evaluating does not change the course of training. Besides the
+        mean return after each adaptation step it logs its standard deviation over tasks
+        (``<stage>/return/step_k_std``).
         """
-        seed = self.hparams.eval_seed + index
+        seed = self.hparams.eval_seed + index + (TEST_SEED_OFFSET if stage == "test" else 0)
         tasks = self.env.held_out_tasks(self.hparams.meta_batch_size, seed=seed)
         envs = self.physics_envs()
         env_states = {name: env.rng_state() for name, env in envs.items()}
@@ -212,6 +236,12 @@ class MetaRLModule(LightningModule):
             for name, env in envs.items():
                 env.set_rng_state(env_states[name])
         returns = {f"{stage}/{name}": value.item() for name, value in meta_batch.returns().items()}
+        per_task = meta_batch.task_returns()
+        returns.update({f"{stage}/return/step_{k}_std": per_task[k].std(unbiased=False).item()
+                        for k in range(per_task.shape[0])})
+        if stage == "test":
+            self._test_rows += [(index, task, k, per_task[k, task].item())
+                                for task in range(per_task.shape[1]) for k in range(per_task.shape[0])]
         for name, value in returns.items():
             self.log(name, value, on_step=False, on_epoch=True, batch_size=1,
                      prog_bar=name == f"{stage}/return/post_update")

@@ -41,6 +41,10 @@ class MetaBatch:
         """Env steps simulated for this meta-batch (padding included)."""
         return sum(batch.get("mask").numel() for batch in self.batches)
 
+    def task_returns(self) -> torch.Tensor:
+        """Mean undiscounted episode return of every task after each inner step, ``[n_steps + 1, n_tasks]``."""
+        return torch.stack([episode_returns(b).mean(-1) for b in self.batches])
+
     def returns(self) -> dict[str, torch.Tensor]:
         """Mean undiscounted episode return after each inner step, computed once.
 
