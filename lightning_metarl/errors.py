@@ -23,3 +23,7 @@ class CheckpointError(MetaRLError, RuntimeError):
 
 class ConfigError(MetaRLError, ValueError):
     """A configuration value that parses but makes no sense (e.g. a negative horizon)."""
+
+
+class NonFiniteUpdateError(MetaRLError, RuntimeError):
+    """Too many meta-iterations in a row whose update was not finite (a diverging run)."""

@@ -14,7 +14,7 @@ BAD = [
     (MAML, "max_kl", 0.0), (MAML, "backtrack_ratio", 1.0), (MAML, "cg_iterations", 0), (MAML, "max_backtracks", 0),
     (MAML, "cg_damping", -1.0), (MAML, "num_inner_steps", 0), (MAML, "discount", 1.5), (MAML, "gae_lambda", -0.1),
     (MAML, "init_std", 0.0), (MAML, "horizon", 0), (MAML, "meta_batch_size", 0), (MAML, "eval_batches", 0),
-    (MAML, "exploration_rollouts_per_task", 0), (MAML, "inner_objective", "lvcc"), (MAML, "outer_optimizer", "sgd"),
+    (MAML, "exploration_rollouts_per_task", 0), (MAML, "max_nonfinite_updates", 0), (MAML, "inner_objective", "lvcc"), (MAML, "outer_optimizer", "sgd"),
     (EMAML, "exploration_weight", -1.0),
     (ProMP, "clip_epsilon", 0.0), (ProMP, "inner_kl_coeff", -1.0), (ProMP, "target_inner_kl", 0.0),
     (ProMP, "num_outer_steps", 0),

@@ -16,6 +16,7 @@ directly.
 
 from __future__ import annotations
 
+import copy
 import csv
 import time
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.data import add_advantages, collect
 from lightning_metarl.envs.base import BatchedMetaEnv
 from lightning_metarl.envs.point import PointGoalEnv
-from lightning_metarl.errors import CheckpointError, ConfigError
+from lightning_metarl.errors import CheckpointError, ConfigError, NonFiniteUpdateError
 from lightning_metarl.evaluation.figures import trajectory_image
 from lightning_metarl.nn import GaussianMLPPolicy, PolicyActor
 
@@ -70,6 +71,9 @@ class MetaRLModule(LightningModule):
             ``validate``/``test`` and after every epoch of ``fit`` (``--trainer.limit_val_batches 0``
             turns that off).
         eval_seed: seed of the held-out tasks (a set of its own, never used for training).
+        max_nonfinite_updates: a meta-iteration whose loss or updated parameters are not finite
+            is undone (parameters, buffers and optimizer state restored) and counted in
+            ``health/skipped_updates``; after this many in a row the run stops with an error.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class MetaRLModule(LightningModule):
         iterations_per_epoch: int = 10,
         eval_batches: int = 1,
         eval_seed: int = 1_000_003,
+        max_nonfinite_updates: int = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -108,12 +113,15 @@ class MetaRLModule(LightningModule):
         self.action_rng = torch.Generator().manual_seed(action_seed)
         self.policy = self.build_policy()
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        self.register_buffer("skipped_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("consecutive_skips", torch.zeros((), dtype=torch.long))
 
     env: BatchedMetaEnv
 
     def _check_hparams(self) -> None:
         hp = self.hparams
-        for name in ("meta_batch_size", "rollouts_per_task", "horizon", "iterations_per_epoch", "eval_batches"):
+        for name in ("meta_batch_size", "rollouts_per_task", "horizon", "iterations_per_epoch", "eval_batches",
+                     "max_nonfinite_updates"):
             if not isinstance(hp[name], int) or hp[name] < 1:
                 raise ConfigError(f"model.{name} must be a positive integer, got {hp[name]!r}")
         if not 0.0 <= hp.discount <= 1.0:
@@ -180,14 +188,49 @@ class MetaRLModule(LightningModule):
         raise NotImplementedError
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        """One meta-iteration: sample tasks, collect and adapt, meta-update, log."""
+        """One meta-iteration: sample tasks, collect and adapt, meta-update (undone if not finite), log."""
         start = time.perf_counter()
+        resets_before = self.env_resets()
         meta_batch = self.collect_and_adapt(self.sample_tasks())
         t0 = time.perf_counter()
+        snapshot = self._snapshot()
         metrics = self.meta_update(meta_batch)
+        self._undo_if_not_finite(snapshot, metrics)
         meta_batch.timings["outer"] = time.perf_counter() - t0
         self.iteration += 1
+        metrics["health/skipped_updates"] = self.skipped_updates.float()
+        metrics["health/env_resets_nonfinite"] = torch.tensor(float(self.env_resets() - resets_before))
         self.log_iteration(meta_batch, metrics, time.perf_counter() - start)
+
+    def env_resets(self) -> int:
+        """Env copies reset so far because their physics became unstable or non-finite (all envs)."""
+        return sum(getattr(env, "unstable_resets", 0) for env in self.physics_envs().values())
+
+    def _snapshot(self) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        state = {name: value.detach().clone() for name, value in self.state_dict().items()}
+        return state, [copy.deepcopy(optimizer.state_dict()) for optimizer in optimizers]
+
+    def _undo_if_not_finite(self, snapshot: tuple[dict[str, torch.Tensor], list[dict[str, Any]]],
+                            metrics: dict[str, Any]) -> None:
+        """Restore ``snapshot`` if the update left a non-finite parameter, buffer or loss; count it."""
+        finite = all(bool(torch.isfinite(t).all()) for t in self.state_dict().values() if t.is_floating_point())
+        finite &= all(bool(torch.isfinite(torch.as_tensor(v)).all()) for k, v in metrics.items() if k.startswith("loss/"))
+        if finite:
+            self.consecutive_skips.zero_()
+            return
+        state, optimizer_states = snapshot
+        self.load_state_dict(state)
+        for optimizer, saved in zip(self.trainer.optimizers, optimizer_states):
+            optimizer.load_state_dict(saved)
+        self.skipped_updates += 1
+        self.consecutive_skips += 1
+        if int(self.consecutive_skips) >= self.hparams.max_nonfinite_updates:
+            raise NonFiniteUpdateError(
+                f"{int(self.consecutive_skips)} meta-iterations in a row (the last: {int(self.iteration) + 1}) gave a "
+                f"non-finite loss or update and were undone; the run is diverging (lower the learning rates, "
+                f"or raise model.max_nonfinite_updates)"
+            )
 
     # ------------------------------------------------------------------ meta-test
     def validation_step(self, batch: int, batch_idx: int) -> None:
