@@ -49,7 +49,7 @@ class MetaRLCLI(LightningCLI):
         kwargs.setdefault(
             "parser_kwargs",
             {cmd: {"usage": f"python -m lightning_metarl {cmd} [-c CONFIG] [--key value ...]  (--help lists the keys)"}
-             for cmd in ("fit", "validate", "test", "predict")},
+             for cmd in ("fit", "validate", "test")},
         )
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"] = {
@@ -68,6 +68,11 @@ class MetaRLCLI(LightningCLI):
             **kwargs["trainer_defaults"],
         }
         super().__init__(MetaRLModule, *args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit``, ``validate`` and ``test``: meta-RL has nothing for Lightning's ``predict`` to do."""
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

@@ -155,3 +155,12 @@ def test_validate_and_test_use_different_held_out_tasks_and_test_writes_a_csv(in
     val_goals = module.env.held_out_tasks(3, seed=seed)["goal"]
     test_goals = module.env.held_out_tasks(3, seed=seed + TEST_SEED_OFFSET)["goal"]
     assert not torch.equal(val_goals, test_goals)
+
+
+def test_predict_is_not_offered(in_tmp: Path, capsys):
+    err = run_main_expecting_exit(capsys, ["predict", "--config", str(POINT_CONFIG)])
+    assert "predict" in err and "invalid choice" in err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "predict" not in capsys.readouterr().out
+    assert not (in_tmp / "runs").exists()
