@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -68,6 +69,14 @@ class MetaRLCLI(LightningCLI):
             **kwargs["trainer_defaults"],
         }
         super().__init__(MetaRLModule, *args, **kwargs)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """Lightning's, without the checkpoint callback when ``--trainer.enable_checkpointing false``."""
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+        if trainer_config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        return self._instantiate_trainer(trainer_config, callbacks)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -197,11 +206,18 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-def _user_error(err: BaseException) -> MetaRLError | None:
-    """The :class:`MetaRLError` that ``err`` is or was raised from (parsers wrap them), if any."""
+#: Errors of Lightning and the OS that bad input causes: an accelerator the machine lacks, a run
+#: folder that cannot be written.
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    MetaRLError, MisconfigurationException, PermissionError, NotADirectoryError, FileExistsError,
+)
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The user error (:data:`_USER_ERRORS`) that ``err`` is or was raised from (parsers wrap them), if any."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, MetaRLError):
+        if isinstance(err, _USER_ERRORS):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__

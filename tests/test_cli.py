@@ -164,3 +164,19 @@ def test_predict_is_not_offered(in_tmp: Path, capsys):
         main(["--help"])
     assert "predict" not in capsys.readouterr().out
     assert not (in_tmp / "runs").exists()
+
+
+def test_lightning_switches_work_or_fail_on_one_screen(in_tmp: Path, capsys):
+    fit("--trainer.enable_checkpointing", "false", "--trainer.logger.init_args.name", "no_ckpt", epochs=1)
+    run = in_tmp / "runs" / "no_ckpt" / "version_0"
+    assert "return/post_update" in read_scalars(run) and not (run / "checkpoints").exists()
+
+    base = ["fit", "--config", str(POINT_CONFIG), *TINY, "--trainer.logger.init_args.name", "bad"]
+    if not torch.cuda.is_available():
+        err = run_main_expecting_exit(capsys, [*base, "--trainer.accelerator", "gpu"])
+        assert "gpu" in err.lower() and "Traceback" not in err
+    blocker = in_tmp / "a_file"
+    blocker.write_text("not a folder")
+    err = run_main_expecting_exit(capsys, [*base, "--trainer.logger.init_args.save_dir", str(blocker / "runs")])
+    assert "a_file" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a folder"
