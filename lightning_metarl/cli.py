@@ -119,6 +119,7 @@ class MetaRLCLI(LightningCLI):
             checkpoint = _check_checkpoint(Path(ckpt_path))
         else:
             return
+        _check_same_algorithm(Path(config["ckpt_path"]), checkpoint, config.get("model"))
         _check_same_hyperparameters(Path(config["ckpt_path"]), checkpoint, config.get("model"))
 
 
@@ -167,6 +168,23 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _check_same_algorithm(path: Path, checkpoint: dict[str, Any], model: Any) -> None:
+    """Refuse a checkpoint of another algorithm or task family than the config's, naming both sides."""
+    saved = checkpoint.get("hyper_parameters") or {}
+    if model is None or not hasattr(model, "get"):
+        return
+    init_args = _plain(model.get("init_args")) or {}
+    mismatches = []
+    saved_class, wanted_class = str(saved.get("_class_path", "")), str(model.get("class_path") or "")
+    if saved_class and wanted_class and saved_class.rsplit(".", 1)[-1] != wanted_class.rsplit(".", 1)[-1]:
+        mismatches.append(f"algorithm {saved_class.rsplit('.', 1)[-1]} (config: {wanted_class.rsplit('.', 1)[-1]})")
+    if "env" in saved and "env" in init_args and saved["env"] != init_args["env"]:
+        mismatches.append(f"task family {saved['env']} (config: {init_args['env']})")
+    if mismatches:
+        raise CheckpointError(f"checkpoint {path} is of another run: " + ", ".join(mismatches)
+                              + "; pass a checkpoint of this config, or the config of that checkpoint")
 
 
 def _check_same_hyperparameters(path: Path, checkpoint: dict[str, Any], model: Any) -> None:

@@ -180,3 +180,17 @@ def test_lightning_switches_work_or_fail_on_one_screen(in_tmp: Path, capsys):
     err = run_main_expecting_exit(capsys, [*base, "--trainer.logger.init_args.save_dir", str(blocker / "runs")])
     assert "a_file" in err and "Traceback" not in err
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_checkpoint_of_another_algorithm_or_family_is_refused(in_tmp: Path, capsys):
+    fit(epochs=1)
+    checkpoint = in_tmp / "runs" / "point_corner_maml" / "version_0" / "checkpoints" / "last.ckpt"
+    before = checkpoint.read_bytes()
+    promp = str(POINT_CONFIG.parent / "point_corner_promp.yaml")
+    err = run_main_expecting_exit(capsys, ["fit", "--config", promp, *TINY, "--ckpt_path", str(checkpoint)])
+    assert "algorithm MAML (config: ProMP)" in err
+    err = run_main_expecting_exit(capsys, ["fit", "--config", str(POINT_CONFIG), *TINY, "--ckpt_path", str(checkpoint),
+                                           "--model.init_args.env", "Point-Semicircle"])
+    assert "task family Point-Corner (config: Point-Semicircle)" in err
+    assert checkpoint.read_bytes() == before
+    assert not (in_tmp / "runs" / "point_corner_promp").exists()
