@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_metarl.algorithms import MetaRLModule
-from lightning_metarl.errors import CheckpointError, MetaRLError
+from lightning_metarl.errors import CheckpointError, ConfigError, MetaRLError
 
 DEFAULT_RUN_NAME = "default"
 CONFIG_NAME = "config.yaml"
@@ -211,10 +211,50 @@ def _check_same_hyperparameters(path: Path, checkpoint: dict[str, Any], model: A
         )
 
 
+def available_algorithms() -> list[str]:
+    """Names of the algorithm classes in :mod:`lightning_metarl.algorithms` that ``--model`` accepts."""
+    from lightning_metarl import algorithms
+
+    return sorted(
+        name for name in algorithms.__all__
+        if isinstance(getattr(algorithms, name), type) and issubclass(getattr(algorithms, name), MetaRLModule)
+        and name not in ("MetaRLModule", "GradientMetaRLModule")
+    )
+
+
+def _precheck(args: list[str]) -> None:
+    """Errors that the parser would report badly: YAML that does not parse (name the file), an unknown ``--model``."""
+    import yaml
+
+    for flag, value in zip(args, args[1:]):
+        if flag in ("--config", "-c") and Path(value).is_file():
+            try:
+                spec = yaml.safe_load(Path(value).read_text())
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+                raise ConfigError(f"config {value}{where}: {getattr(err, 'problem', None) or err}") from None
+            model = spec.get("model") if isinstance(spec, dict) else None
+            class_path = model.get("class_path") if isinstance(model, dict) else None
+            if isinstance(class_path, str):
+                _check_algorithm_name(class_path, f"config {value}: model.class_path")
+        if flag == "--model" and not value.startswith("-") and not value.endswith((".yaml", ".yml")):
+            _check_algorithm_name(value, "--model")
+
+
+def _check_algorithm_name(name: str, where: str) -> None:
+    short = name.rsplit(".", 1)[-1]
+    if "." in name and not name.startswith("lightning_metarl."):
+        return  # a user's own class: the parser imports it
+    if short not in available_algorithms():
+        raise ConfigError(f"{where}: unknown algorithm {name!r}; available: {', '.join(available_algorithms())}")
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m lightning_metarl``; exits with status 2 on bad input."""
     _silence_known_warnings()
     try:
+        _precheck(list(sys.argv[1:] if args is None else args))
         MetaRLCLI(args=args)
     except Exception as err:
         cause = _user_error(err)

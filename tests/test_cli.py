@@ -194,3 +194,17 @@ def test_a_checkpoint_of_another_algorithm_or_family_is_refused(in_tmp: Path, ca
     assert "task family Point-Corner (config: Point-Semicircle)" in err
     assert checkpoint.read_bytes() == before
     assert not (in_tmp / "runs" / "point_corner_promp").exists()
+
+
+def test_yaml_errors_name_the_file_and_unknown_algorithms_list_the_known_ones(in_tmp: Path, capsys):
+    bad = in_tmp / "broken.yaml"
+    bad.write_text("model:\n  init_args: [unclosed\n")
+    err = run_main_expecting_exit(capsys, ["fit", "--config", str(bad)])
+    assert "broken.yaml" in err and "line 3" in err
+    err = run_main_expecting_exit(capsys, ["fit", "--config", str(POINT_CONFIG), "--model", "MAMLX"])
+    assert "unknown algorithm 'MAMLX'" in err and "MAME, MAML, ProMP" in err
+    other = in_tmp / "other.yaml"
+    other.write_text(POINT_CONFIG.read_text().replace("algorithms.MAML", "algorithms.MAMEE"))
+    err = run_main_expecting_exit(capsys, ["fit", "--config", str(other)])
+    assert "other.yaml: model.class_path: unknown algorithm" in err
+    assert not (in_tmp / "runs").exists()
