@@ -35,3 +35,19 @@ def test_the_hooks_the_readme_names_exist():
         assert any(hasattr(cls, name) for cls in (GradientMetaRLModule, MetaRLModule, MetaBatch)) or name in {
             "trpo_step", "CAVIA"}, name
     assert "fast_states" in MetaBatch.__dataclass_fields__ and "pre_update" in MetaBatch.__dataclass_fields__
+
+
+def test_model_help_lists_the_keys_of_every_algorithm_as_the_readme_says(capsys):
+    import pytest
+
+    from lightning_metarl.cli import available_algorithms, main
+
+    assert "`--model.help MAME`" in (REPO / "README.md").read_text()
+    helps = {}
+    for name in available_algorithms():
+        with pytest.raises(SystemExit):
+            main(["fit", "--model.help", name])
+        helps[name] = capsys.readouterr().out
+        assert "--model.inner_lr" in helps[name] and "--model.meta_batch_size" in helps[name], name
+    assert "--model.latent_size" in helps["MAME"] and "--model.context_size" in helps["CAVIA"]
+    assert "--model.clip_epsilon" in helps["ProMP"] and "--model.max_kl" in helps["MAML"]
