@@ -27,6 +27,7 @@ from lightning_metarl.algorithms import MetaRLModule
 from lightning_metarl.errors import CheckpointError, ConfigError, MetaRLError
 
 DEFAULT_RUN_NAME = "default"
+DEFAULT_SAVE_DIR = "runs"
 CONFIG_NAME = "config.yaml"
 
 
@@ -56,7 +57,7 @@ class MetaRLCLI(LightningCLI):
         kwargs["trainer_defaults"] = {
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": "runs", "name": DEFAULT_RUN_NAME, "default_hp_metric": False},
+                "init_args": {"save_dir": DEFAULT_SAVE_DIR, "name": DEFAULT_RUN_NAME, "default_hp_metric": False},
             },
             "log_every_n_steps": 1,
             "inference_mode": False,  # meta-test adaptation differentiates the inner objective
@@ -98,6 +99,9 @@ class MetaRLCLI(LightningCLI):
     def _resolve_run(self, config: Any) -> None:
         logger = config.trainer.get("logger")
         logger_args = _tensorboard_init_args(logger)
+        root = config.trainer.get("default_root_dir")
+        if logger_args is not None and root is not None and logger_args.get("save_dir") == DEFAULT_SAVE_DIR:
+            logger_args["save_dir"] = str(root)  # --trainer.default_root_dir, when no logger folder is given
         if logger_args is not None and logger_args.get("name") == DEFAULT_RUN_NAME:
             config_files = config.get("config") or []
             if config_files:

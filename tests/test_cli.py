@@ -208,3 +208,9 @@ def test_yaml_errors_name_the_file_and_unknown_algorithms_list_the_known_ones(in
     err = run_main_expecting_exit(capsys, ["fit", "--config", str(other)])
     assert "other.yaml: model.class_path: unknown algorithm" in err
     assert not (in_tmp / "runs").exists()
+
+
+def test_default_root_dir_is_honoured_when_no_logger_folder_is_given(in_tmp: Path):
+    fit("--trainer.default_root_dir", str(in_tmp / "elsewhere"), epochs=1)
+    assert (in_tmp / "elsewhere" / "point_corner_maml" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert not (in_tmp / "runs").exists()
