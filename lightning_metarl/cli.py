@@ -13,6 +13,7 @@ Defaults on top of Lightning's:
 
 from __future__ import annotations
 
+import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -94,7 +95,11 @@ class MetaRLCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand is not None:
-            self._resolve_run(self.config[subcommand])
+            config = self.config[subcommand]
+            if config.get("weights_only") is None:
+                # checkpoints hold tensors, numbers and strings only: never unpickle arbitrary objects
+                config["weights_only"] = True
+            self._resolve_run(config)
 
     def _resolve_run(self, config: Any) -> None:
         logger = config.trainer.get("logger")
@@ -154,7 +159,10 @@ def _check_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"checkpoint {path} holds objects other than tensors, numbers and strings; refused, "
+                              f"since loading it could run arbitrary code") from None
     except Exception as err:  # noqa: BLE001 - any failure to read is a corrupt file for the user
         raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {err})") from None
     missing = [k for k in ("state_dict", "loops", "lightning_metarl_rng") if k not in checkpoint]

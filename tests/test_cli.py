@@ -214,3 +214,14 @@ def test_default_root_dir_is_honoured_when_no_logger_folder_is_given(in_tmp: Pat
     fit("--trainer.default_root_dir", str(in_tmp / "elsewhere"), epochs=1)
     assert (in_tmp / "elsewhere" / "point_corner_maml" / "version_0" / "checkpoints" / "last.ckpt").is_file()
     assert not (in_tmp / "runs").exists()
+
+
+def test_checkpoints_load_without_unpickling_arbitrary_objects(in_tmp: Path, capsys):
+    fit(epochs=1)
+    checkpoint = torch.load(in_tmp / "runs" / "point_corner_maml" / "version_0" / "checkpoints" / "last.ckpt",
+                            weights_only=True)  # our own checkpoints need nothing else
+    checkpoint["hyper_parameters"]["payload"] = Path("an arbitrary object")
+    torch.save(checkpoint, in_tmp / "odd.ckpt")
+    err = run_main_expecting_exit(capsys, ["fit", "--config", str(POINT_CONFIG), *TINY, "--ckpt_path",
+                                           str(in_tmp / "odd.ckpt")])
+    assert "odd.ckpt holds objects other than tensors" in err
