@@ -99,9 +99,9 @@ class MetaRLCLI(LightningCLI):
             if config.get("weights_only") is None:
                 # checkpoints hold tensors, numbers and strings only: never unpickle arbitrary objects
                 config["weights_only"] = True
-            self._resolve_run(config)
+            self._resolve_run(config, subcommand)
 
-    def _resolve_run(self, config: Any) -> None:
+    def _resolve_run(self, config: Any, subcommand: str) -> None:
         logger = config.trainer.get("logger")
         logger_args = _tensorboard_init_args(logger)
         root = config.trainer.get("default_root_dir")
@@ -117,16 +117,22 @@ class MetaRLCLI(LightningCLI):
                 raise CheckpointError("--ckpt_path last needs the TensorBoard logger to find the run folder")
             run_dir = Path(logger_args.get("save_dir", "runs")) / logger_args["name"]
             version, last, checkpoint = _newest_last_checkpoint(run_dir)
-            logger_args["version"] = version
             config["ckpt_path"] = str(last)
-            # The run folder already holds config.yaml: save this run's config beside it.
-            k = 1
-            while (last.parent.parent / f"config_resume_{k}.yaml").exists():
-                k += 1
-            self.save_config_kwargs["config_filename"] = f"config_resume_{k}.yaml"
+            if subcommand == "fit":
+                logger_args["version"] = version
+                # The run folder already holds config.yaml: save this run's config beside it.
+                k = 1
+                while (last.parent.parent / f"config_resume_{k}.yaml").exists():
+                    k += 1
+                self.save_config_kwargs["config_filename"] = f"config_resume_{k}.yaml"
         elif ckpt_path is not None:
             checkpoint = _check_checkpoint(Path(ckpt_path))
         else:
+            checkpoint = None
+        if subcommand != "fit" and logger_args is not None:
+            # evaluation logs into a folder of its own, never into a training run's
+            logger_args["name"] = f"{logger_args['name']}_{subcommand}"
+        if checkpoint is None:
             return
         _check_same_algorithm(Path(config["ckpt_path"]), checkpoint, config.get("model"))
         _check_same_hyperparameters(Path(config["ckpt_path"]), checkpoint, config.get("model"))

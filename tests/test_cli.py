@@ -114,7 +114,8 @@ def test_validate_and_test_adapt_on_held_out_tasks(in_tmp: Path):
     last = run / "checkpoints" / "last.ckpt"
     for command in ("validate", "test"):
         main([command, "--config", str(POINT_CONFIG), *TINY, "--ckpt_path", str(last)])
-    evaluated = [read_scalars(p) for p in sorted((in_tmp / "runs" / "point_corner_maml").glob("version_*"))[1:]]
+    evaluated = [read_scalars(in_tmp / "runs" / f"point_corner_maml_{command}" / "version_0")
+                 for command in ("validate", "test")]
     assert "val/return/post_update" in evaluated[0] and "test/return/post_update" in evaluated[1]
     # the same checkpoint and held-out tasks give the same numbers as the end-of-epoch validation
     fit_value = read_scalars(run)["val/return/post_update"]
@@ -225,3 +226,16 @@ def test_checkpoints_load_without_unpickling_arbitrary_objects(in_tmp: Path, cap
     err = run_main_expecting_exit(capsys, ["fit", "--config", str(POINT_CONFIG), *TINY, "--ckpt_path",
                                            str(in_tmp / "odd.ckpt")])
     assert "odd.ckpt holds objects other than tensors" in err
+
+
+def test_evaluation_never_writes_into_a_training_run_folder(in_tmp: Path):
+    fit(epochs=1)
+    run = in_tmp / "runs" / "point_corner_maml" / "version_0"
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    sizes = {p: p.stat().st_size for p in run.rglob("*") if p.is_file()}
+    for subcommand in ("validate", "test"):
+        main([subcommand, "--config", str(POINT_CONFIG), *TINY, "--ckpt_path", "last"])
+        assert (in_tmp / "runs" / f"point_corner_maml_{subcommand}" / "version_0").is_dir()
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert {p: p.stat().st_size for p in run.rglob("*") if p.is_file()} == sizes
+    assert (in_tmp / "runs" / "point_corner_maml_test" / "version_0" / "test_returns.csv").is_file()
