@@ -44,7 +44,8 @@ TEST_SEED_OFFSET = 500_000_003
 TEST_CSV = "test_returns.csv"
 
 
-def _seed_from_global() -> int:
+def seed_from_global() -> int:
+    """A seed for a generator of the module, drawn from torch's global generator (set by ``seed_everything``)."""
     return int(torch.randint(0, 2**62, (1,)).item())
 
 
@@ -99,7 +100,7 @@ class MetaRLModule(LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self._check_hparams()
-        env_seed, task_seed, action_seed = (_seed_from_global() for _ in range(3))
+        env_seed, task_seed, action_seed = (seed_from_global() for _ in range(3))
         # The env is not a submodule: it holds no parameters and must not move with .to(device).
         self.__dict__["env"] = envs.make(
             env,

@@ -37,7 +37,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictParams
 
 from lightning_metarl import envs
-from lightning_metarl.algorithms.base import MetaRLModule
+from lightning_metarl.algorithms.base import MetaRLModule, seed_from_global
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.envs.base import BatchedMetaEnv
 from lightning_metarl.errors import ConfigError
@@ -86,7 +86,7 @@ class GradientMetaRLModule(MetaRLModule):
             hp = self.hparams
             self.__dict__["exploration_env"] = envs.make(
                 hp.env, n_tasks=hp.meta_batch_size, rollouts_per_task=rollouts, horizon=hp.horizon,
-                seed=int(torch.randint(0, 2**62, (1,)).item()), **(hp.env_kwargs or {}),
+                seed=seed_from_global(), **(hp.env_kwargs or {}),
             )
         self.inner_step_sizes: TensorDictParams | None = None
         if learn_inner_lr:
@@ -120,7 +120,7 @@ class GradientMetaRLModule(MetaRLModule):
         Differentiable in the fast state and the meta-parameters.
         """
         policy = self.phase_policy(phase)
-        params = fast_state.get(PARAMS) if PARAMS in fast_state.keys() else module_params(policy)
+        params = self.phase_params(fast_state, policy)
         inputs = [fast_state.get(k) if k in fast_state.keys() else batch.get(k) for k in policy.in_keys]
         return distribution_per_task(policy, params, inputs)
 
@@ -132,10 +132,15 @@ class GradientMetaRLModule(MetaRLModule):
         """The policy that acts in ``phase`` (``"explore"``: pre-update, ``"exploit"``: post-update); ``self.policy`` here."""
         return self.policy
 
+    @staticmethod
+    def phase_params(fast_state: TensorDictBase, policy: torch.nn.Module) -> TensorDictBase:
+        """The parameters ``policy`` acts with: the fast state's ``"params"`` if it adapts them, else the shared ones."""
+        return fast_state.get(PARAMS) if PARAMS in fast_state.keys() else module_params(policy)
+
     def actor(self, fast_state: TensorDictBase, phase: str, generator: torch.Generator) -> PolicyActor:
         """The actor that collects ``phase``'s trajectories with the policy under ``fast_state``."""
         policy = self.phase_policy(phase)
-        params = fast_state.get(PARAMS) if PARAMS in fast_state.keys() else module_params(policy)
+        params = self.phase_params(fast_state, policy)
         inputs = fast_state.exclude(PARAMS) if len(policy.in_keys) > 1 else None
         return PolicyActor(policy, params, generator, inputs=inputs)
 

@@ -9,7 +9,7 @@ from tensordict import TensorDict, TensorDictBase
 
 from lightning_metarl.algorithms.gradient import GradientMetaRLModule
 from lightning_metarl.algorithms.meta_batch import MetaBatch
-from lightning_metarl.data.returns import gae, n_step_returns, normalize_advantages
+from lightning_metarl.data.returns import discounted_returns, gae, n_step_returns, normalize_advantages
 from lightning_metarl.errors import ConfigError
 from lightning_metarl.masking import SAMPLE_DIMS, standardize, valid, zero_padding
 from lightning_metarl.nn import GaussianMLPPolicy, SelfSupervisionNetwork, linear_baseline_values
@@ -228,7 +228,7 @@ class MAME(GradientMetaRLModule):
             score = standardize(post_return, torch.ones_like(post_return, dtype=torch.bool))
             return zero_padding(score[:, None, None].expand_as(mask.to(score.dtype)), mask)
         rewards = self.exploration_rewards(meta_batch)
-        returns = gae(rewards, torch.zeros_like(rewards), mask, 1.0, 1.0)  # the reward-to-go of r^mu
+        returns = discounted_returns(rewards, mask, 1.0)  # the reward-to-go of r^mu
         values = linear_baseline_values(batch.get("observation"), returns, mask)
         advantages = gae(rewards, values, mask, 1.0, 1.0)
         batch.set("exploration_reward", rewards)
