@@ -1,4 +1,4 @@
-"""Write ``conf/<family>_<algorithm>.yaml`` for every (task family, algorithm) of the ProMP benchmark.
+"""Write ``conf/<family>_<algorithm>.yaml`` for every (task family, algorithm) of the ProMP and MAESN benchmarks.
 
     python tools/make_configs.py            # (re)write the configs
     python tools/make_configs.py --check    # exit 1 if a config differs from what this writes
@@ -83,6 +83,8 @@ def yaml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(yaml_value(v) for v in value) + "]"
+    if isinstance(value, float) and "e" in str(value) and "." not in str(value):
+        return str(value).replace("e", ".0e")  # YAML 1.1 reads 1e-05 as a string, 1.0e-05 as a number
     return str(value)
 
 
@@ -90,6 +92,28 @@ def yaml_value(value: Any) -> str:
 #: trajectories per phase in all four). The paper does not say how many post-update trajectories
 #: it used; here both phases collect the same number per task, as in the reference samplers.
 SENSITIVITY = {2: 400, 5: 160, 10: 80, 20: 40}
+
+#: MAME's ablations (Figure 4 and Figure 7 of Gurumurthy et al. 2019) on Point-Corner:
+#: stem suffix -> (what changes, the one switch that changes it).
+ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "vpg_inner": ("VPG-Inner loop: a policy-gradient inner step on the exploration data", {"inner_objective": "policy_gradient"}),
+    "reward_target": ("Reward Self-Supervision: M predicts the one-step reward", {"target": "reward"}),
+    "next_state_target": ("next-state self-supervision: M predicts the next observation", {"target": "next_state"}),
+    "dice": ("Vanilla DiCE: mu_phi learns from the DiCE gradient of the inner step", {"exploration_update": "dice"}),
+    "emaml": ("E-MAML Based: PPO for mu_phi on each task's post-update return", {"exploration_update": "emaml"}),
+    "env_reward": ("Ours-EnvReward: mu_phi maximises its own environment reward", {"exploration_update": "env_reward"}),
+}
+
+
+def render_ablation(name: str) -> str:
+    """``point_corner_mame.yaml`` with one ablation switch flipped and a header that names it."""
+    description, switch = ABLATIONS[name]
+    lines = render("Point-Corner", "mame").splitlines()
+    for key, value in switch.items():
+        index = next(i for i, line in enumerate(lines) if line.startswith(f"    {key}: "))
+        lines[index] = f"    {key}: {yaml_value(value)}"
+    header = f"# MAME ablation (Gurumurthy et al. 2019, Figures 4 and 7). {description}; otherwise point_corner_mame.yaml."
+    return "\n".join([header, *lines]) + "\n"
 
 
 def render(family: str, suffix: str, tasks: int = 40, rollouts: int = 20) -> str:
@@ -154,6 +178,74 @@ def config_path(family: str, suffix: str) -> Path:
     return CONF / HEADLINE.get((family, suffix), f"{FAMILIES[family][0]}_{suffix}.yaml")
 
 
+#: MAESN's task families (Gupta et al. 2018): stem, horizon, trajectories per task (meta-training and
+#: each meta-test iteration), meta-iterations, MAESN's prior-KL weight.
+MAESN_FAMILIES: dict[str, tuple[str, int, int, int, float]] = {
+    "Wheeled-Semicircle": ("wheeled_semicircle", 200, 50, 500, 0.5),
+    "Ant-Semicircle": ("ant_semicircle", 200, 50, 500, 0.1),
+    "Block-Push": ("block_push", 100, 20, 400, 0.5),
+}
+TRPO = {"outer_optimizer": "trpo", "max_kl": 0.01, "cg_iterations": 10, "cg_damping": 1e-5, "backtrack_ratio": 0.8,
+        "max_backtracks": 15}
+#: suffix -> (class, description, init_args) of the methods compared on MAESN's families (its Figure 3).
+MAESN_ALGORITHMS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "maesn": ("MAESN", "MAESN: latent policy, per-task omega tables, inner REINFORCE step on omega with learned step sizes, TRPO outer",
+              {"latent_size": 2, "inner_lr": 1.0, "learn_inner_lr": True, "adapt_policy": False, **TRPO}),
+    "latent_space": ("LatentSpace", "LatentSpace: MAESN's latent policy and omega tables trained without the inner update",
+                     {"latent_size": 2, "kl_weight": 0.01, "inner_lr": 1.0, "learn_inner_lr": False, **TRPO}),
+    "maml_trpo": ("MAML", "MAML-TRPO: VPG inner step on the policy weights, TRPO outer",
+                  {"inner_objective": "vpg", "inner_lr": 0.1, **TRPO}),
+}
+
+
+def render_maesn(family: str, suffix: str) -> str:
+    """A config of MAESN's setting: 20 of 100 fixed training tasks per iteration, dense reward; the meta-test protocol on the sparse one."""
+    stem, horizon, rollouts, iterations, kl_weight = MAESN_FAMILIES[family]
+    cls, description, algo_args = MAESN_ALGORITHMS[suffix]
+    args: dict[str, Any] = {
+        "env": family,
+        "meta_batch_size": 20,
+        "rollouts_per_task": rollouts,
+        "horizon": horizon,
+        "num_train_tasks": 100,
+        "train_task_seed": 0,
+        "discount": 0.99,
+        "gae_lambda": 1.0,
+        "normalize_advantages": True,
+        "hidden_sizes": [100, 100],
+        "activation": "relu",
+        "init_std": 1.0,
+        "iterations_per_epoch": 10,
+        "num_inner_steps": 1,
+        **({"kl_weight": kl_weight} if cls == "MAESN" else {}),
+        **algo_args,
+        "meta_test_iterations": 100,
+        "meta_test_tasks": 30,
+        "meta_test_rollouts": rollouts,
+        "meta_test_halving_start": 2,
+    }
+    lines = [
+        f"# {description},",
+        f"# on {family} (H = {horizon}, 20 of 100 fixed training tasks x {rollouts} trajectories per iteration, dense reward).",
+        f"# {iterations // 10} epochs x 10 = {iterations} meta-iterations. `test` runs the meta-test protocol: 30 held-out",
+        f"# tasks from the initial state (MAESN: the prior), 100 adaptation steps on the sparse reward, steps halved from the third.",
+        "# Written by tools/make_configs.py.",
+        "seed_everything: 1",
+        "trainer:",
+        f"  max_epochs: {iterations // 10}",
+        "model:",
+        f"  class_path: lightning_metarl.algorithms.{cls}",
+        "  init_args:",
+    ]
+    for key, value in args.items():
+        lines.append(f"    {key}: {yaml_value(value)}")
+        if key == "env":
+            lines += ["    env_kwargs:", "      reward_type: dense"]
+        if key == "meta_test_rollouts":
+            lines += ["    meta_test_env_kwargs:", "      reward_type: sparse"]
+    return "\n".join(lines) + "\n"
+
+
 def all_configs() -> dict[Path, str]:
     """Every config this script writes, by path."""
     configs = {
@@ -165,6 +257,11 @@ def all_configs() -> dict[Path, str]:
         for rollouts, tasks in SENSITIVITY.items():
             path = CONF / f"half_cheetah_vel_{suffix}_adapt{rollouts}.yaml"
             configs[path] = render("HalfCheetah-Vel", suffix, tasks, rollouts)
+    for name in ABLATIONS:
+        configs[CONF / f"point_corner_mame_{name}.yaml"] = render_ablation(name)
+    for family, (stem, *_) in MAESN_FAMILIES.items():
+        for suffix in MAESN_ALGORITHMS:
+            configs[CONF / f"{stem}_{suffix}.yaml"] = render_maesn(family, suffix)
     return configs
 
 
