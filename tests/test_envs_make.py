@@ -21,6 +21,10 @@ DEFAULT_HORIZONS = {
     "Walker2D-Fwd-Bwd": 200,
     "Walker2D-Rand-Params": 200,
     "Hopper-Rand-Params": 200,
+    # MAESN (Gupta et al. 2018)
+    "Wheeled-Semicircle": 200,
+    "Ant-Semicircle": 200,
+    "Block-Push": 100,
 }
 POINT_FAMILIES = ("Point-Corner", "Point-Semicircle")
 

@@ -129,11 +129,11 @@ class ReferenceCopy:
         return np.concatenate([qpos[1:], np.clip(qvel, -10, 10)])
 
 
-def reference_copies(env) -> list[ReferenceCopy]:
-    """A reference copy per env copy, from the env's current state (row-major over [task, rollout])."""
+def reference_copies(env, reference: type = ReferenceCopy) -> list:
+    """A ``reference`` copy per env copy, from the env's current state (row-major over [task, rollout])."""
     state = env.physics_state()
     return [
-        ReferenceCopy(env.family, env.tasks[t], state.qpos[t, r].numpy(), state.qvel[t, r].numpy())
+        reference(env.family, env.tasks[t], state.qpos[t, r].numpy(), state.qvel[t, r].numpy())
         for t in range(env.n_tasks)
         for r in range(env.rollouts_per_task)
     ]

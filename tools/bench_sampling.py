@@ -10,14 +10,18 @@ For each family, in one run (timings interleaved, best of ``--repeats`` after a 
     resets, observations, rewards and masking included;
 (b) ``ceiling``: env steps/s of ONE open-loop ``mujoco.rollout`` call (a pool of ``--threads``
     threads) over the same copies for ``H * frame_skip`` substeps, from the same initial states,
-    replaying the controls that (a) applied; the models are the family's plain gymnasium model
-    (no contact sensors) or its per-task random-physics models; no states are written back, no
-    policy, no observations, no rewards: the physics alone;
+    replaying the controls that (a) applied; the models are the family's plain model (no contact
+    sensors: gymnasium's file, or MAESN's models as the family builds them) or its per-task
+    random-physics models; no states are written back, no policy, no observations, no rewards:
+    the physics alone;
 (c) ``ours / ceiling``;
 (d) ``ours / gym``: against gymnasium's ``SyncVectorEnv`` of the equivalent v5 envs (same model
     and frame skip; the random-physics families get the same per-task physics), driven by the
     same kind of policy, in env steps/s. It steps one env at a time in Python, so its steps/s
     barely depends on the number of envs; ``--gym-envs`` (default 40) envs are timed, not 800.
+    MAESN's families (``Wheeled-Semicircle``, ``Ant-Semicircle``, ``Block-Push``) have no
+    gymnasium equivalent (their own models; the ant's gear and frame skip differ from Ant-v5):
+    their ``gym/s`` and ``ours/gym`` columns are ``nan``.
 
 With ``--rollout`` it also times (a) through TorchRL's ``env.rollout`` (what collection used before
 it moved to the ``Collector``) and prints ``ours / rollout``.
@@ -55,7 +59,15 @@ GYM_EQUIVALENT: dict[str, tuple[str, dict]] = {
     "Walker2D-Rand-Params": ("Walker2d-v5", {"frame_skip": 4}),
     "Hopper-Rand-Params": ("Hopper-v5", {"frame_skip": 4}),
 }
-MUJOCO_FAMILIES = list(GYM_EQUIVALENT)
+#: MAESN's task families (Gupta et al. 2018): no gymnasium equivalent, so no column (d).
+MAESN_FAMILIES = ["Wheeled-Semicircle", "Ant-Semicircle", "Block-Push"]
+MUJOCO_FAMILIES = list(GYM_EQUIVALENT) + MAESN_FAMILIES
+
+
+def plain_model(env: MujocoMetaEnv) -> mujoco.MjModel:
+    """The family's default model without contact sensors (a family that builds its model says how)."""
+    build = getattr(type(env), "plain_model", None)
+    return build() if build is not None else load_model(env.model_file)
 
 
 @contextlib.contextmanager
@@ -113,7 +125,7 @@ class Ceiling:
 
     def __init__(self, env: MujocoMetaEnv, actions: torch.Tensor, threads: int) -> None:
         self.env = env
-        plain = load_model(env.model_file)  # the gymnasium model, without our contact sensors
+        plain = plain_model(env)  # the family's model, without our contact sensors
         if env.physics_tasks:
             self.models = [m for m in env.task_models for _ in range(env.rollouts_per_task)]
         else:
@@ -184,7 +196,7 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, float]:
     runners: dict[str, Callable[[], int]] = {"ours": ours, "ceiling": ceiling}
     if args.rollout:
         runners["rollout"] = PlainRollout(env, args.seed)
-    gym = None if args.no_gym else GymLoop(env, args.gym_envs, args.seed)
+    gym = None if args.no_gym or family not in GYM_EQUIVALENT else GymLoop(env, args.gym_envs, args.seed)
     if gym is not None:
         gym()
         runners["gym"] = gym

@@ -9,7 +9,7 @@ torch.Size([4, 2])
 torch.Size([1, 1, 20])
 """
 
-from lightning_metarl.envs import locomotion, point  # noqa: F401  (register the task families)
+from lightning_metarl.envs import locomotion, maesn, point  # noqa: F401  (register the task families)
 from lightning_metarl.envs.base import BatchedMetaEnv
 from lightning_metarl.envs.mujoco_env import MujocoMetaEnv
 from lightning_metarl.envs.registry import available, family, make, register
