@@ -7,6 +7,8 @@ Defaults on top of Lightning's:
 - TensorBoard logs go to ``runs/<config name>/version_<n>/`` with the resolved config beside
   them; checkpoints to its ``checkpoints/`` folder (``last.ckpt`` every epoch);
 - ``--ckpt_path last`` resumes the newest run of that config name, in its own folder;
+- a run from a checkpoint keeps the checkpoint's model settings, except that ``validate`` and
+  ``test`` take the evaluation settings (:data:`EVALUATION_KEYS`) from the config and command line;
 - errors caused by bad input (unknown task family, corrupt checkpoint, ...) are printed on one
   screen without a traceback, with exit status 2.
 """
@@ -89,6 +91,20 @@ class MetaRLCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's (the model is rebuilt with the checkpoint's hyperparameters), except that ``validate``
+        and ``test`` keep the evaluation settings of the config and command line (:data:`EVALUATION_KEYS`)."""
+        subcommand = self.config.get("subcommand")
+        if subcommand in (None, "fit"):
+            return super()._parse_ckpt_path()
+        init_args = _model_init_args(self.config[subcommand])
+        chosen = {key: init_args[key] for key in EVALUATION_KEYS if init_args is not None and key in init_args}
+        super()._parse_ckpt_path()
+        init_args = _model_init_args(self.config[subcommand])
+        if init_args is not None:
+            for key, value in chosen.items():
+                init_args[key] = value
+
     # ------------------------------------------------------------------ run naming and resuming
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then name the run after the config file and resolve/check ``--ckpt_path``."""
@@ -135,7 +151,20 @@ class MetaRLCLI(LightningCLI):
         if checkpoint is None:
             return
         _check_same_algorithm(Path(config["ckpt_path"]), checkpoint, config.get("model"))
-        _check_same_hyperparameters(Path(config["ckpt_path"]), checkpoint, config.get("model"))
+        _check_same_hyperparameters(Path(config["ckpt_path"]), checkpoint, config.get("model"),
+                                    kept=() if subcommand == "fit" else EVALUATION_KEYS)
+
+
+#: Model settings that only shape evaluation: ``validate`` and ``test`` take them from the config and
+#: command line rather than from the checkpoint.
+EVALUATION_KEYS = ("eval_batches", "eval_seed", "meta_test_iterations", "meta_test_tasks", "meta_test_rollouts",
+                   "meta_test_env_kwargs", "meta_test_halving_start")
+
+
+def _model_init_args(config: Any) -> Any:
+    """The ``model.init_args`` namespace of a subcommand's config, if there is one."""
+    model = config.get("model") if hasattr(config, "get") else None
+    return model.get("init_args") if model is not None and hasattr(model, "get") else None
 
 
 def _tensorboard_init_args(logger: Any) -> dict[str, Any] | None:
@@ -205,8 +234,8 @@ def _check_same_algorithm(path: Path, checkpoint: dict[str, Any], model: Any) ->
                               + "; pass a checkpoint of this config, or the config of that checkpoint")
 
 
-def _check_same_hyperparameters(path: Path, checkpoint: dict[str, Any], model: Any) -> None:
-    """Warn about model settings that differ from the checkpoint's hyperparameters.
+def _check_same_hyperparameters(path: Path, checkpoint: dict[str, Any], model: Any, kept: tuple[str, ...] = ()) -> None:
+    """Warn about model settings that differ from the checkpoint's hyperparameters (except the ``kept`` ones).
 
     Lightning rebuilds the model of a run started from a checkpoint with the checkpoint's
     hyperparameters, so a changed ``--model...`` value is ignored; say so, naming each one.
@@ -218,7 +247,7 @@ def _check_same_hyperparameters(path: Path, checkpoint: dict[str, Any], model: A
     changed = [
         f"model.init_args.{key}: {init_args[key]!r} (checkpoint: {_plain(saved[key])!r})"
         for key in sorted(init_args)
-        if key in saved and init_args[key] != _plain(saved[key])
+        if key in saved and key not in kept and init_args[key] != _plain(saved[key])
     ]
     if changed:
         warnings.warn(

@@ -144,3 +144,21 @@ def test_promp_adaptive_kl_coefficient_is_checkpointed():
     restored = build(ProMP, target_inner_kl=0.01, inner_kl_coeff=1e-3)
     restored.load_state_dict(state)
     assert restored.kl_coefficient.value.item() == pytest.approx(5e-4)
+
+
+def test_a_fixed_training_set_feeds_every_meta_batch():
+    torch.manual_seed(0)
+    module = MAML(env="Point-Semicircle", meta_batch_size=6, rollouts_per_task=2, horizon=3, num_train_tasks=4,
+                  train_task_seed=11)
+    fixed = module.env.fixed_tasks(4, seed=11)
+    assert torch.equal(module.train_tasks["goal"], fixed["goal"])
+    seen = set()
+    for _ in range(5):
+        tasks = module.sample_tasks()
+        assert torch.equal(tasks["goal"], fixed["goal"][tasks["task_index"]])
+        seen.update(tasks["task_index"].tolist())
+    assert seen == {0, 1, 2, 3}  # drawn with replacement from all of the set
+    module.collect_and_adapt(tasks)  # the envs take the tasks without their index
+    assert "task_index" not in module.env.tasks.keys()
+    without = MAML(env="Point-Semicircle", meta_batch_size=6, rollouts_per_task=2, horizon=3)
+    assert without.train_tasks is None and "task_index" not in without.sample_tasks().keys()

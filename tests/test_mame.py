@@ -228,3 +228,10 @@ def test_trajectory_picture_marks_goal_and_both_phases():
     assert colour_at(-1.0, 0.5) == EXPLORATION  # on the blue segment, y upwards
     assert colour_at(0.5, -1.0) == EXPLOITATION
     assert colour_at(0.5, 0.5) == (1.0, 1.0, 1.0)
+
+
+def test_the_long_meta_test_protocol_is_refused():
+    from lightning_metarl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="meta_test_iterations"):
+        tiny_mame(meta_test_iterations=3)

@@ -32,7 +32,6 @@ from lightning_metarl import envs
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.data import add_advantages, collect
 from lightning_metarl.envs.base import BatchedMetaEnv
-from lightning_metarl.envs.point import PointGoalEnv
 from lightning_metarl.errors import CheckpointError, ConfigError, NonFiniteUpdateError
 from lightning_metarl.evaluation.figures import trajectory_image
 from lightning_metarl.nn import GaussianMLPPolicy, PolicyActor
@@ -40,6 +39,8 @@ from lightning_metarl.nn import GaussianMLPPolicy, PolicyActor
 _RNG_KEY = "lightning_metarl_rng"
 #: Added to ``eval_seed`` for the test set, which is then disjoint from the validation set.
 TEST_SEED_OFFSET = 500_000_003
+#: Key of a training task's index in the fixed training set (``num_train_tasks``).
+TASK_INDEX = "task_index"
 #: The file ``test`` writes into its run folder.
 TEST_CSV = "test_returns.csv"
 
@@ -72,6 +73,11 @@ class MetaRLModule(LightningModule):
             ``validate``/``test`` and after every epoch of ``fit`` (``--trainer.limit_val_batches 0``
             turns that off).
         eval_seed: seed of the held-out tasks (a set of its own, never used for training).
+        num_train_tasks: if set, meta-train on a fixed set of this many tasks (the family's
+            ``fixed_tasks`` drawn with ``train_task_seed``), each meta-batch drawn from it with
+            replacement and carrying each task's index in the set under ``"task_index"``
+            (MAESN's 100 training tasks, Gupta et al. 2018); ``None``: fresh tasks every iteration.
+        train_task_seed: seed of the fixed training set.
         max_nonfinite_updates: a meta-iteration whose loss or updated parameters are not finite
             is undone (parameters, buffers and optimizer state restored) and counted in
             ``health/skipped_updates``; after this many in a row the run stops with an error.
@@ -95,6 +101,8 @@ class MetaRLModule(LightningModule):
         eval_batches: int = 1,
         eval_seed: int = 1_000_003,
         max_nonfinite_updates: int = 3,
+        num_train_tasks: int | None = None,
+        train_task_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -110,6 +118,9 @@ class MetaRLModule(LightningModule):
             seed=env_seed,
             **(env_kwargs or {}),
         )
+        self.train_tasks: TensorDictBase | None = None
+        if num_train_tasks is not None:
+            self.train_tasks = self.env.fixed_tasks(num_train_tasks, seed=train_task_seed, **self.env.family_kwargs())
         self.task_rng = torch.Generator().manual_seed(task_seed)
         self.action_rng = torch.Generator().manual_seed(action_seed)
         self.policy = self.build_policy()
@@ -122,8 +133,10 @@ class MetaRLModule(LightningModule):
     def _check_hparams(self) -> None:
         hp = self.hparams
         for name in ("meta_batch_size", "rollouts_per_task", "horizon", "iterations_per_epoch", "eval_batches",
-                     "max_nonfinite_updates"):
-            if not isinstance(hp[name], int) or hp[name] < 1:
+                     "max_nonfinite_updates", "num_train_tasks"):
+            if name == "num_train_tasks" and hp[name] is None:
+                continue
+            if isinstance(hp[name], bool) or not isinstance(hp[name], int) or hp[name] < 1:
                 raise ConfigError(f"model.{name} must be a positive integer, got {hp[name]!r}")
         if not 0.0 <= hp.discount <= 1.0:
             raise ConfigError(f"model.discount must be in [0, 1], got {hp.discount}")
@@ -153,8 +166,17 @@ class MetaRLModule(LightningModule):
 
     # ------------------------------------------------------------------ sampling
     def sample_tasks(self) -> TensorDictBase:
-        """Draw this iteration's meta-batch of tasks from the seeded task generator."""
-        return self.env.sample_tasks(self.hparams.meta_batch_size, self.task_rng, **self.env.family_kwargs())
+        """Draw this iteration's meta-batch of tasks from the seeded task generator.
+
+        With a fixed training set (``num_train_tasks``), ``meta_batch_size`` of its tasks drawn
+        with replacement, with their indices in the set under ``"task_index"``.
+        """
+        if self.train_tasks is None:
+            return self.env.sample_tasks(self.hparams.meta_batch_size, self.task_rng, **self.env.family_kwargs())
+        index = torch.randint(len(self.train_tasks), (self.hparams.meta_batch_size,), generator=self.task_rng)
+        tasks = self.train_tasks[index].clone()
+        tasks.set(TASK_INDEX, index)
+        return tasks
 
     def physics_envs(self) -> dict[str, BatchedMetaEnv]:
         """Every batched env of the module by name (``"env"``; more where phases differ in size)."""
@@ -165,13 +187,14 @@ class MetaRLModule(LightningModule):
         return self.env
 
     def set_tasks(self, tasks: TensorDictBase) -> None:
-        """Give ``tasks`` to every env of the module."""
+        """Give ``tasks`` (without their ``"task_index"``, which is the module's business) to every env of the module."""
+        tasks = tasks.exclude(TASK_INDEX)
         for env in self.physics_envs().values():
             env.set_tasks(tasks)
 
-    def collect(self, actor: PolicyActor, phase: str = "exploit") -> TensorDictBase:
-        """Trajectories ``[n_tasks, rollouts, T]`` of ``actor`` on the current tasks, processed by :meth:`process`."""
-        batch = collect(self.env_for(phase), actor).to(self.device)
+    def collect(self, actor: PolicyActor, phase: str = "exploit", env: BatchedMetaEnv | None = None) -> TensorDictBase:
+        """Trajectories ``[n_tasks, rollouts, T]`` of ``actor`` on the tasks of ``env`` (default: the phase's), processed by :meth:`process`."""
+        batch = collect(self.env_for(phase) if env is None else env, actor).to(self.device)
         return self.process(batch, phase)
 
     def process(self, batch: TensorDictBase, phase: str) -> TensorDictBase:
@@ -294,19 +317,32 @@ class MetaRLModule(LightningModule):
         return returns
 
     def log_trajectory_figure(self, stage: str, meta_batch: MetaBatch) -> None:
-        """On the 2D point families, an image of the first task's pre- and post-update trajectories with its goal.
+        """An image of the first task's pre- and post-update trajectories with its goal, for families that draw positions.
 
         Logged as ``<stage>/trajectories`` (blue: exploration, orange: exploitation, green: goal;
-        the shape of MAME's Figures 5-6) when the logger is TensorBoard's.
+        the shape of MAME's Figures 5-6 and MAESN's Figure 4) when the logger is TensorBoard's
+        and the family has a 2D position (:meth:`~lightning_metarl.envs.BatchedMetaEnv.plot_xy`)
+        and goals.
         """
         add_image = getattr(getattr(self.logger, "experiment", None), "add_image", None)
-        if add_image is None or not isinstance(self.env, PointGoalEnv):
+        if add_image is None or "goal" not in meta_batch.tasks.keys():
             return
-        explore = meta_batch.pre_update[0].get(("next", "observation"))[0]
-        exploit = meta_batch.post_update.get(("next", "observation"))[0]
+        explore, exploit = (self._valid_positions(batch[0]) for batch in (meta_batch.batches[0], meta_batch.post_update))
+        if explore is None or exploit is None:
+            return
         goal = meta_batch.tasks.get("goal")[0]
         extent = 1.1 * max(explore.abs().max().item(), exploit.abs().max().item(), goal.abs().max().item(), 1e-3)
         add_image(f"{stage}/trajectories", trajectory_image(explore, exploit, goal, extent), int(self.iteration.item()))
+
+    def _valid_positions(self, batch: TensorDictBase) -> torch.Tensor | None:
+        """The plotted positions of one task's trajectories, ``[rollouts, T, 2]``, held at the last valid step after an early end."""
+        xy = self.env.plot_xy(batch.get(("next", "observation")))
+        if xy is None:
+            return None
+        mask = batch.get("mask")
+        last = (mask.sum(-1, keepdim=True) - 1).clamp_min(0)
+        held = xy.gather(-2, last.unsqueeze(-1).expand(*last.shape, 2))
+        return torch.where(mask.unsqueeze(-1), xy, held)
 
     def log_iteration(self, meta_batch: MetaBatch, metrics: dict[str, torch.Tensor], iteration_s: float) -> None:
         """Log the iteration's returns, losses and timings under namespaced TensorBoard tags."""

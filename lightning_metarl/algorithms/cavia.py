@@ -44,9 +44,9 @@ class CAVIA(MAML):
         """The context, after the observation."""
         return {CONTEXT: self.hparams.context_size}
 
-    def initial_fast_state(self) -> TensorDictBase:
+    def initial_fast_state(self, n_tasks: int | None = None) -> TensorDictBase:
         """``{"context": 0}`` for every task, ``[n_tasks, context_size]`` (a leaf the inner step differentiates)."""
-        n_tasks = self.hparams.meta_batch_size
+        n_tasks = self.hparams.meta_batch_size if n_tasks is None else n_tasks
         like = self.policy.log_std
         context = torch.zeros(n_tasks, self.hparams.context_size, dtype=like.dtype, device=like.device, requires_grad=True)
         return TensorDict({CONTEXT: context}, batch_size=[n_tasks])

@@ -37,10 +37,11 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictParams
 
 from lightning_metarl import envs
-from lightning_metarl.algorithms.base import MetaRLModule, seed_from_global
+from lightning_metarl.algorithms.base import TEST_SEED_OFFSET, MetaRLModule, seed_from_global
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.envs.base import BatchedMetaEnv
 from lightning_metarl.errors import ConfigError
+from lightning_metarl.evaluation import adaptation_curve
 from lightning_metarl.nn import DiagGaussian, PolicyActor, distribution_per_task, module_params
 from lightning_metarl.objectives import per_task_mean
 
@@ -61,6 +62,19 @@ class GradientMetaRLModule(MetaRLModule):
             phases, if other than ``rollouts_per_task`` (which the post-update phase keeps); they
             are collected in an env of their own (e.g. 2 for Point-Semicircle in MAME, and the
             2/5/10/20 adaptation trajectories of MAME's Figure 11).
+        meta_test_iterations: if set, ``test`` runs the long meta-test protocol of MAESN (Gupta et
+            al. 2018, §4, Figure 3) instead of one adaptation: on ``meta_test_tasks`` held-out
+            tasks, from the initial fast state, this many iterations of (collect with the
+            adapting policy, record its return, one inner step); see
+            :func:`~lightning_metarl.evaluation.adaptation_curve`.
+        meta_test_tasks: held-out tasks of the protocol (MAESN: 30).
+        meta_test_rollouts: trajectories per task and iteration (default ``rollouts_per_task``;
+            MAESN: 50).
+        meta_test_env_kwargs: family options that replace ``env_kwargs`` for the protocol, e.g.
+            ``{"reward_type": "sparse"}`` (MAESN meta-trains on dense and meta-tests on sparse rewards).
+        meta_test_halving_start: the first (0-based) iteration whose step is half the previous
+            one; every later one halves again (MAESN: 2, i.e. alpha, alpha, alpha/2, alpha/4, ...).
+            ``None``: constant steps.
         **kwargs: see :class:`~lightning_metarl.algorithms.base.MetaRLModule`.
     """
 
@@ -71,9 +85,22 @@ class GradientMetaRLModule(MetaRLModule):
         inner_lr: float = 0.1,
         learn_inner_lr: bool = False,
         exploration_rollouts_per_task: int | None = None,
+        meta_test_iterations: int | None = None,
+        meta_test_tasks: int = 30,
+        meta_test_rollouts: int | None = None,
+        meta_test_env_kwargs: dict[str, Any] | None = None,
+        meta_test_halving_start: int | None = 2,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        for name, value, optional in (("meta_test_iterations", meta_test_iterations, True),
+                                      ("meta_test_tasks", meta_test_tasks, False),
+                                      ("meta_test_rollouts", meta_test_rollouts, True)):
+            if (value is not None or not optional) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"model.{name} must be a positive integer{' or null' if optional else ''}, got {value!r}")
+        start = meta_test_halving_start
+        if start is not None and (isinstance(start, bool) or not isinstance(start, int) or start < 1):
+            raise ConfigError(f"model.meta_test_halving_start must be a positive integer or null, got {start!r}")
         if not isinstance(num_inner_steps, int) or num_inner_steps < 1:
             raise ConfigError(f"model.num_inner_steps must be a positive integer, got {num_inner_steps!r}")
         if not inner_lr > 0:
@@ -107,9 +134,9 @@ class GradientMetaRLModule(MetaRLModule):
         """The shared (pre-update) policy parameters theta as a TensorDict, batch size ``[]`` (no buffers)."""
         return module_params(self.policy)
 
-    def initial_fast_state(self) -> TensorDictBase:
-        """The fast state before adaptation, ``[n_tasks]``: here all policy parameters (MAML), under ``"params"``."""
-        n_tasks = self.hparams.meta_batch_size
+    def initial_fast_state(self, n_tasks: int | None = None) -> TensorDictBase:
+        """The fast state before adaptation, ``[n_tasks]`` (default: the meta-batch size): here all policy parameters (MAML), under ``"params"``."""
+        n_tasks = self.hparams.meta_batch_size if n_tasks is None else n_tasks
         return TensorDict({PARAMS: self.policy_params().expand(n_tasks)}, batch_size=[n_tasks])
 
     def distribution(self, fast_state: TensorDictBase, batch: TensorDictBase, phase: str = "exploit") -> DiagGaussian:
@@ -149,12 +176,14 @@ class GradientMetaRLModule(MetaRLModule):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ adaptation
-    def inner_step(self, fast_state: TensorDictBase, batch: TensorDictBase, create_graph: bool) -> TensorDictBase:
+    def inner_step(self, fast_state: TensorDictBase, batch: TensorDictBase, create_graph: bool,
+                   step_scale: float = 1.0) -> TensorDictBase:
         """One batched adaptation step ``state'_i = state_i - alpha * grad L_in(state_i, tau_i)`` for all tasks.
 
         ``fast_state`` has batch size ``[n_tasks]``; the sum of the per-task losses is
         differentiated once, giving each task its own gradient. With ``create_graph`` the result
         stays a differentiable function of the meta-parameters (MAML, Finn et al. 2017, Eq. 1).
+        ``step_scale`` multiplies alpha (the decaying steps of the meta-test protocol).
         """
         if not create_graph:
             fast_state = fast_state.detach().requires_grad_(True)
@@ -163,7 +192,8 @@ class GradientMetaRLModule(MetaRLModule):
         grads = torch.autograd.grad(loss, [fast_state.get(k) for k in keys], create_graph=create_graph)
         adapted = fast_state.clone(recurse=False)
         for key, grad in zip(keys, grads):
-            adapted.set(key, fast_state.get(key) - self.inner_step_size(key) * grad)
+            step = self.inner_step_size(key)
+            adapted.set(key, fast_state.get(key) - (step if step_scale == 1.0 else step * step_scale) * grad)
         return adapted if create_graph else adapted.detach()
 
     def inner_step_size(self, key: tuple[str, ...] | str) -> torch.Tensor | float:
@@ -195,6 +225,54 @@ class GradientMetaRLModule(MetaRLModule):
             old = self.distribution(old_state.detach(), batch, phase)
         new = self.distribution(new_state, batch, phase)
         return per_task_mean(torch.distributions.kl_divergence(old, new), batch.get("mask"))
+
+    # ------------------------------------------------------------------ meta-test protocol
+    def meta_test_env(self) -> BatchedMetaEnv:
+        """The env of the long meta-test protocol (``meta_test_tasks x meta_test_rollouts`` copies), built once."""
+        env = self.__dict__.get("_meta_test_env")
+        if env is None:
+            hp = self.hparams
+            env = envs.make(
+                hp.env, n_tasks=hp.meta_test_tasks, rollouts_per_task=hp.meta_test_rollouts or hp.rollouts_per_task,
+                horizon=hp.horizon, seed=0, **{**(hp.env_kwargs or {}), **(hp.meta_test_env_kwargs or {})},
+            )
+            self.__dict__["_meta_test_env"] = env
+        return env
+
+    def test_step(self, batch: int, batch_idx: int) -> None:
+        """The one-adaptation evaluation of ``validate``, or with ``meta_test_iterations`` the long protocol."""
+        if self.hparams.meta_test_iterations is None:
+            return super().test_step(batch, batch_idx)
+        self.meta_test(batch_idx)
+
+    def meta_test(self, index: int) -> torch.Tensor:
+        """Run the long meta-test protocol on the ``index``-th held-out task set; log and return ``[iterations, tasks]``.
+
+        The tasks are the test set of :meth:`evaluate` (seed ``eval_seed + TEST_SEED_OFFSET +
+        index``, never used for training). Logs, per iteration ``k`` (TensorBoard step ``k``),
+        ``test/adaptation/return`` and ``test/adaptation/return_std`` (mean and standard
+        deviation over tasks), and adds every task's return to ``test_returns.csv``
+        (``step`` = iteration).
+        """
+        hp = self.hparams
+        seed = hp.eval_seed + TEST_SEED_OFFSET + index
+        env = self.meta_test_env()
+        env.set_rng_state({"rng": torch.Generator().manual_seed(seed + 7919).get_state()})
+        tasks = env.held_out_tasks(hp.meta_test_tasks, seed=seed)
+        with torch.inference_mode(False), torch.enable_grad():
+            curve = adaptation_curve(self, env, tasks, hp.meta_test_iterations, torch.Generator().manual_seed(seed),
+                                     halving_start=hp.meta_test_halving_start)
+        add_scalar = getattr(getattr(self.logger, "experiment", None), "add_scalar", None)
+        for k, returns in enumerate(curve):
+            if add_scalar is not None:
+                add_scalar("test/adaptation/return", returns.mean().item(), k)
+                add_scalar("test/adaptation/return_std", returns.std(unbiased=False).item(), k)
+            self._test_rows += [(index, task, k, value) for task, value in enumerate(returns.tolist())]
+        means = curve.mean(-1)
+        for name, value in (("first", means[0]), ("last", means[-1]), ("mean", means.mean())):
+            self.log(f"test/adaptation/return_{name}", value.item(), on_step=False, on_epoch=True, batch_size=1,
+                     prog_bar=name == "last")
+        return curve
 
     # ------------------------------------------------------------------ the meta-iteration
     def collect_and_adapt(self, tasks: TensorDictBase, generator: torch.Generator | None = None) -> MetaBatch:

@@ -122,6 +122,9 @@ class MAME(GradientMetaRLModule):
         hp = self.hparams
         if hp.num_inner_steps != 1:
             raise ConfigError("MAME takes one adaptation step (model.num_inner_steps: 1)")
+        if hp.meta_test_iterations is not None:
+            raise ConfigError("model.meta_test_iterations: the long meta-test protocol repeats one policy's adaptation; "
+                              "MAME explores with mu_phi and exploits with pi_theta,z', so it is not defined for MAME")
         env = self.env
         self.exploration_policy = GaussianMLPPolicy(
             env.observation_dim, env.action_dim, tuple(hp.hidden_sizes), hp.activation, hp.init_std
@@ -142,9 +145,9 @@ class MAME(GradientMetaRLModule):
         """``mu_phi`` explores, ``pi_theta,z`` exploits."""
         return self.exploration_policy if phase == "explore" else self.policy
 
-    def initial_fast_state(self) -> TensorDictBase:
+    def initial_fast_state(self, n_tasks: int | None = None) -> TensorDictBase:
         """``{"latent": 0}`` for every task, ``[n_tasks, latent_size]``."""
-        n_tasks = self.hparams.meta_batch_size
+        n_tasks = self.hparams.meta_batch_size if n_tasks is None else n_tasks
         like = self.policy.log_std
         latent = torch.zeros(n_tasks, self.hparams.latent_size, dtype=like.dtype, device=like.device, requires_grad=True)
         return TensorDict({LATENT: latent}, batch_size=[n_tasks])

@@ -1,6 +1,7 @@
-"""Evaluation helpers: reading logged curves back from TensorBoard; pictures of trajectories."""
+"""Evaluation helpers: the long meta-test protocol; reading logged curves back from TensorBoard; pictures of trajectories and latents."""
 
-from lightning_metarl.evaluation.figures import trajectory_image
+from lightning_metarl.evaluation.adaptation import adaptation_curve, step_scale
+from lightning_metarl.evaluation.figures import latent_ellipse_image, trajectory_image
 from lightning_metarl.evaluation.tensorboard import read_scalars
 
-__all__ = ["read_scalars", "trajectory_image"]
+__all__ = ["adaptation_curve", "latent_ellipse_image", "read_scalars", "step_scale", "trajectory_image"]

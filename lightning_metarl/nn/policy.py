@@ -32,6 +32,15 @@ def mlp(in_dim: int, out_dim: int, hidden_sizes: Sequence[int], activation: str 
     return nn.Sequential(*layers)
 
 
+def expand_to(x: torch.Tensor, batch: Sequence[int]) -> torch.Tensor:
+    """``x`` (``[*P, d]`` with ``P`` a prefix of ``batch``, e.g. one value per task) expanded to ``[*batch, d]``."""
+    prefix = x.shape[:-1]
+    if tuple(batch[: len(prefix)]) != tuple(prefix):
+        raise ValueError(f"policy input of shape {list(x.shape)} does not broadcast to {[*batch, x.shape[-1]]}")
+    view = x.reshape(*prefix, *([1] * (len(batch) - len(prefix))), x.shape[-1])
+    return view.expand(*batch, x.shape[-1])
+
+
 def concat_inputs(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     """Concatenate ``inputs`` on the last dimension, broadcasting each over the first one's leading dims.
 
@@ -40,14 +49,7 @@ def concat_inputs(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     """
     first = inputs[0]
     batch = first.shape[:-1]
-    parts = [first]
-    for x in inputs[1:]:
-        prefix = x.shape[:-1]
-        if tuple(batch[: len(prefix)]) != tuple(prefix):
-            raise ValueError(f"policy input of shape {list(x.shape)} does not broadcast to {list(first.shape)}")
-        view = x.reshape(*prefix, *([1] * (len(batch) - len(prefix))), x.shape[-1])
-        parts.append(view.expand(*batch, x.shape[-1]))
-    return torch.cat(parts, dim=-1)
+    return torch.cat([first, *(expand_to(x, batch) for x in inputs[1:])], dim=-1)
 
 
 class GaussianMLPPolicy(nn.Module):
