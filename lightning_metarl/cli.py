@@ -5,8 +5,11 @@ Defaults on top of Lightning's:
 - the model is any :class:`~lightning_metarl.algorithms.MetaRLModule` subclass, picked with
   ``model.class_path`` in the config (``--model MAML`` on the command line);
 - TensorBoard logs go to ``runs/<config name>/version_<n>/`` with the resolved config beside
-  them; checkpoints to its ``checkpoints/`` folder (``last.ckpt`` every epoch);
-- ``--ckpt_path last`` resumes the newest run of that config name, in its own folder;
+  them; checkpoints to its ``checkpoints/`` folder (``last.ckpt`` every epoch, every
+  ``--iteration_checkpoint.every_n_iterations`` meta-iterations and on SIGTERM/SIGINT, see
+  :class:`~lightning_metarl.callbacks.IterationCheckpoint`);
+- ``--ckpt_path last`` resumes the newest run of that config name, in its own folder, and
+  TensorBoard drops whatever that run logged after its checkpoint;
 - a run from a checkpoint keeps the checkpoint's model settings, except that ``validate`` and
   ``test`` take the evaluation settings (:data:`EVALUATION_KEYS`) from the config and command line;
 - errors caused by bad input (unknown task family, corrupt checkpoint, ...) are printed on one
@@ -16,6 +19,7 @@ Defaults on top of Lightning's:
 from __future__ import annotations
 
 import pickle
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -25,8 +29,10 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_metarl.algorithms import MetaRLModule
+from lightning_metarl.callbacks import IterationCheckpoint
 from lightning_metarl.errors import CheckpointError, ConfigError, MetaRLError
 
 DEFAULT_RUN_NAME = "default"
@@ -79,7 +85,7 @@ class MetaRLCLI(LightningCLI):
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         if trainer_config.get("enable_checkpointing") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+            callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, IterationCheckpoint))]
         return self._instantiate_trainer(trainer_config, callbacks)
 
     @staticmethod
@@ -90,6 +96,7 @@ class MetaRLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
+        parser.add_lightning_class_args(IterationCheckpoint, "iteration_checkpoint")
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's (the model is rebuilt with the checkpoint's hyperparameters), except that ``validate``
@@ -136,6 +143,8 @@ class MetaRLCLI(LightningCLI):
             config["ckpt_path"] = str(last)
             if subcommand == "fit":
                 logger_args["version"] = version
+                # TensorBoard drops what the stopped run logged after its checkpoint (no step twice)
+                logger_args["purge_step"] = _checkpoint_iteration(checkpoint)
                 # The run folder already holds config.yaml: save this run's config beside it.
                 k = 1
                 while (last.parent.parent / f"config_resume_{k}.yaml").exists():
@@ -187,6 +196,12 @@ def _newest_last_checkpoint(run_dir: Path) -> tuple[int | str, Path, dict[str, A
     name = last.parent.parent.name
     version: int | str = int(name.removeprefix("version_")) if name.removeprefix("version_").isdigit() else name
     return version, last, _check_checkpoint(last)
+
+
+def _checkpoint_iteration(checkpoint: dict[str, Any]) -> int:
+    """The meta-iterations done when ``checkpoint`` was written (the TensorBoard step of the next one)."""
+    iteration = checkpoint["state_dict"].get("iteration")
+    return int(iteration) if iteration is not None else 0
 
 
 def _check_checkpoint(path: Path) -> dict[str, Any]:
@@ -303,6 +318,8 @@ def main(args: list[str] | None = None) -> None:
     try:
         _precheck(list(sys.argv[1:] if args is None else args))
         MetaRLCLI(args=args)
+    except SIGTERMException:
+        sys.exit(128 + signal.SIGTERM)  # stopped on request; IterationCheckpoint has written last.ckpt
     except Exception as err:
         cause = _user_error(err)
         if cause is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import csv
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,32 @@ TEST_CSV = "test_returns.csv"
 def seed_from_global() -> int:
     """A seed for a generator of the module, drawn from torch's global generator (set by ``seed_everything``)."""
     return int(torch.randint(0, 2**62, (1,)).item())
+
+
+class MetaIterations:
+    """The meta-iteration indices of one epoch, ``iteration % iterations_per_epoch`` up to the epoch's end.
+
+    An epoch of ``iterations_per_epoch`` meta-iterations starts where the module's
+    ``iteration`` counter stands, so a run resumed from a checkpoint written in the middle of an
+    epoch does only the epoch's remaining iterations. Lightning treats it as a resumable loader
+    (its position is the module's counter, which the checkpoint holds).
+    """
+
+    def __init__(self, module: MetaRLModule) -> None:
+        self.module = module
+
+    def __len__(self) -> int:
+        return self.module.hparams.iterations_per_epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(int(self.module.iteration) % len(self), len(self)))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing of its own: the position is the module's ``iteration`` (in the checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """See :meth:`state_dict`."""
 
 
 class MetaRLModule(LightningModule):
@@ -367,9 +393,9 @@ class MetaRLModule(LightningModule):
         """Adam over all meta-parameters (``self.parameters()``) with ``outer_lr``."""
         return torch.optim.Adam(self.parameters(), lr=self.hparams.outer_lr)
 
-    def train_dataloader(self) -> DataLoader:
-        """``iterations_per_epoch`` meta-iteration indices: the data come from the env, not a dataset."""
-        return DataLoader(range(self.hparams.iterations_per_epoch), batch_size=None, shuffle=False)
+    def train_dataloader(self) -> MetaIterations:
+        """The epoch's meta-iteration indices (the data come from the env, not a dataset); resumable mid-epoch."""
+        return MetaIterations(self)
 
     def val_dataloader(self) -> DataLoader:
         """``eval_batches`` indices of held-out meta-batches."""

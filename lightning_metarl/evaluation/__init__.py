@@ -2,6 +2,6 @@
 
 from lightning_metarl.evaluation.adaptation import adaptation_curve, step_scale
 from lightning_metarl.evaluation.figures import latent_ellipse_image, trajectory_image
-from lightning_metarl.evaluation.tensorboard import read_scalars
+from lightning_metarl.evaluation.tensorboard import logged_twice, read_scalars
 
-__all__ = ["adaptation_curve", "latent_ellipse_image", "read_scalars", "step_scale", "trajectory_image"]
+__all__ = ["adaptation_curve", "latent_ellipse_image", "logged_twice", "read_scalars", "step_scale", "trajectory_image"]
