@@ -8,8 +8,10 @@ Defaults on top of Lightning's:
   them; checkpoints to its ``checkpoints/`` folder (``last.ckpt`` every epoch, every
   ``--iteration_checkpoint.every_n_iterations`` meta-iterations and on SIGTERM/SIGINT, see
   :class:`~lightning_metarl.callbacks.IterationCheckpoint`);
-- ``--ckpt_path last`` resumes the newest run of that config name, in its own folder, and
-  TensorBoard drops whatever that run logged after its checkpoint;
+- ``fit --ckpt_path last`` resumes the run named by ``--trainer.logger.init_args.version``, or
+  the newest run of that config name started with the same model settings and seed (never one
+  started with others), in its own folder, says which, and TensorBoard drops whatever that run
+  logged after its checkpoint; ``validate``/``test --ckpt_path last`` evaluate the newest run;
 - a run from a checkpoint keeps the checkpoint's model settings, except that ``validate`` and
   ``test`` take the evaluation settings (:data:`EVALUATION_KEYS`) from the config and command line;
 - errors caused by bad input (unknown task family, corrupt checkpoint, ...) are printed on one
@@ -139,7 +141,11 @@ class MetaRLCLI(LightningCLI):
             if logger_args is None:
                 raise CheckpointError("--ckpt_path last needs the TensorBoard logger to find the run folder")
             run_dir = Path(logger_args.get("save_dir", "runs")) / logger_args["name"]
-            version, last, checkpoint = _newest_last_checkpoint(run_dir)
+            # fit continues a run of these settings; evaluation rebuilds the model from the checkpoint
+            # anyway, so it takes the newest run
+            version, last, checkpoint = _last_checkpoint_of_run(
+                run_dir, logger_args.get("version"), config if subcommand == "fit" else None)
+            print(f"--ckpt_path last: {last} (meta-iteration {_checkpoint_iteration(checkpoint)})", file=sys.stderr)
             config["ckpt_path"] = str(last)
             if subcommand == "fit":
                 logger_args["version"] = version
@@ -187,15 +193,58 @@ def _tensorboard_init_args(logger: Any) -> dict[str, Any] | None:
     return logger["init_args"]
 
 
-def _newest_last_checkpoint(run_dir: Path) -> tuple[int | str, Path, dict[str, Any]]:
-    """The version of the newest ``checkpoints/last.ckpt`` under ``run_dir``, its path and its contents."""
-    candidates = sorted(run_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+def _last_checkpoint_of_run(run_dir: Path, version: Any, config: Any) -> tuple[int | str, Path, dict[str, Any]]:
+    """What ``--ckpt_path last`` resumes: ``(version, path of its last.ckpt, contents)``.
+
+    With ``--trainer.logger.init_args.version`` given, that run; otherwise the newest run under
+    ``run_dir`` that was started with the same model settings and seed as ``config`` (compared
+    with the run's ``config.yaml``; ``config=None``: the newest run). A run of the same name
+    started with other settings is never picked silently: the error names the differences.
+    """
+    if version is not None:
+        folder = run_dir / (version if isinstance(version, str) else f"version_{version}")
+        last = folder / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise CheckpointError(f"--ckpt_path last: {last} does not exist (nothing to resume in that run)")
+        return version, last, _check_checkpoint(last)
+    candidates = sorted(run_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
     if not candidates:
         raise CheckpointError(f"--ckpt_path last: no checkpoints/last.ckpt under {run_dir}/ (nothing to resume)")
-    last = candidates[-1]
-    name = last.parent.parent.name
-    version: int | str = int(name.removeprefix("version_")) if name.removeprefix("version_").isdigit() else name
-    return version, last, _check_checkpoint(last)
+    differences: dict[Path, list[str]] = {}
+    for last in candidates:
+        differences[last] = [] if config is None else _config_differences(last.parent.parent / CONFIG_NAME, config)
+        if not differences[last]:
+            name = last.parent.parent.name
+            found: int | str = int(name.removeprefix("version_")) if name.removeprefix("version_").isdigit() else name
+            return found, last, _check_checkpoint(last)
+    newest = candidates[0]
+    raise CheckpointError(
+        f"--ckpt_path last: no run under {run_dir}/ was started with these settings; the newest, "
+        f"{newest.parent.parent.name}, differs in " + "; ".join(differences[newest][:5])
+        + ". Pick a run with --trainer.logger.init_args.version N (it keeps its own settings), "
+          "or leave out --ckpt_path to start a new one"
+    )
+
+
+def _config_differences(saved_config: Path, config: Any) -> list[str]:
+    """``key: saved (now: current)`` for every model setting and the seed that differ from a run's ``config.yaml``."""
+    import yaml
+
+    if not saved_config.is_file():
+        return [f"{saved_config} is missing"]
+    saved = yaml.safe_load(saved_config.read_text()) or {}
+    current = _plain(config)
+    differences = []
+    if saved.get("seed_everything") != current.get("seed_everything"):
+        differences.append(f"seed_everything: {saved.get('seed_everything')!r} (now: {current.get('seed_everything')!r})")
+    saved_model, current_model = saved.get("model") or {}, current.get("model") or {}
+    if saved_model.get("class_path") != current_model.get("class_path"):
+        differences.append(f"model.class_path: {saved_model.get('class_path')!r} (now: {current_model.get('class_path')!r})")
+    saved_args, current_args = saved_model.get("init_args") or {}, current_model.get("init_args") or {}
+    for key in sorted(set(saved_args) | set(current_args)):
+        if saved_args.get(key) != current_args.get(key):
+            differences.append(f"model.init_args.{key}: {saved_args.get(key)!r} (now: {current_args.get(key)!r})")
+    return differences
 
 
 def _checkpoint_iteration(checkpoint: dict[str, Any]) -> int:

@@ -101,7 +101,8 @@ def test_corrupt_checkpoint_is_rejected_and_left_untouched(in_tmp: Path, capsys)
     last = in_tmp / "runs" / "point_corner_maml" / "version_0" / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:100])
     truncated = last.read_bytes()
-    err = run_main_expecting_exit(capsys, ["fit", "--config", str(POINT_CONFIG), *TINY, "--ckpt_path", "last"])
+    err = run_main_expecting_exit(capsys, ["fit", "--config", str(POINT_CONFIG), *TINY, "--seed_everything", "5",
+                                           "--model.init_args.iterations_per_epoch", "1", "--ckpt_path", "last"])
     assert "corrupt" in err and "last.ckpt" in err
     assert last.read_bytes() == truncated
     assert sorted(p.name for p in (in_tmp / "runs" / "point_corner_maml").iterdir()) == ["version_0"]
@@ -239,3 +240,22 @@ def test_evaluation_never_writes_into_a_training_run_folder(in_tmp: Path):
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
     assert {p: p.stat().st_size for p in run.rglob("*") if p.is_file()} == sizes
     assert (in_tmp / "runs" / "point_corner_maml_test" / "version_0" / "test_returns.csv").is_file()
+
+
+def test_ckpt_path_last_resumes_the_run_of_these_settings_or_the_named_one(in_tmp: Path, capsys):
+    runs = in_tmp / "runs" / "point_corner_maml"
+    fit(epochs=1)  # version_0: the config's settings
+    fit("--model.init_args.inner_lr", "0.5", epochs=1)  # version_1, newer: a throw-away experiment
+    capsys.readouterr()
+    fit("--ckpt_path", "last", epochs=2)
+    assert "version_0/checkpoints/last.ckpt (meta-iteration 1)" in capsys.readouterr().err
+    assert sorted(read_scalars(runs / "version_0")["return/post_update"]) == [0, 1]
+    assert sorted(read_scalars(runs / "version_1")["return/post_update"]) == [0]
+    # other settings than every run's: refused, naming the difference
+    err = run_main_expecting_exit(capsys, ["fit", "--config", str(POINT_CONFIG), *TINY, "--seed_everything", "5",
+                                           "--model.init_args.inner_lr", "0.2", "--ckpt_path", "last"])
+    assert "no run under" in err and "model.init_args.inner_lr: 0.1 (now: 0.2)" in err
+    # a run named by its version is resumed whatever its settings
+    fit("--trainer.logger.init_args.version", "1", "--ckpt_path", "last", epochs=2)
+    assert sorted(read_scalars(runs / "version_1")["return/post_update"]) == [0, 1]
+    assert not (runs / "version_2").exists()
