@@ -1,13 +1,17 @@
-"""Collection that knows episodes: per-episode latents, trials of k episodes, and what an actor may adapt."""
+"""Collection that knows episodes: per-episode latents, trials of k episodes, what an actor may adapt, unsimulated padding."""
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
 import torch
 from tensordict import TensorDictBase
 
 from lightning_metarl import envs
 from lightning_metarl.algorithms import MAML
 from lightning_metarl.data import collect
+from lightning_metarl.envs.mujoco_env import MujocoMetaEnv
 from lightning_metarl.nn import GaussianMLPPolicy, PolicyActor, module_params
 
 N_TASKS, ROLLOUTS, HORIZON, LATENT = 2, 3, 5, 4
@@ -107,3 +111,34 @@ def test_a_policy_with_a_buffer_adapts_only_its_parameters():
     module.policy.observation_scale.fill_(2.0)
     assert not torch.allclose(before, module.log_prob(adapted, meta_batch.post_update))
     torch.testing.assert_close(module.policy.observation_scale, torch.full_like(module.policy.observation_scale, 2.0))
+
+
+@pytest.mark.parametrize("family", ["Walker2D-Rand-Params", "Hopper-Rand-Params", "Walker2D-Fwd-Bwd"])
+def test_skipping_the_padding_leaves_every_valid_step_bit_identical(family, monkeypatch):
+    torch.manual_seed(0)
+    env = envs.make(family, n_tasks=3, rollouts_per_task=4, horizon=120, seed=3, num_threads=2)
+    env.set_tasks(env.sample_tasks(3, torch.Generator().manual_seed(1)))
+    policy = GaussianMLPPolicy(env.observation_dim, env.action_dim, init_std=2.0)
+
+    def run() -> TensorDictBase:
+        env.set_rng_state({"rng": torch.Generator().manual_seed(5).get_state()})
+        return collect(env, PolicyActor(policy, module_params(policy), torch.Generator().manual_seed(7)))
+
+    skipped = run()
+    monkeypatch.setattr(MujocoMetaEnv, "padding_skipped", lambda self: contextlib.nullcontext())
+    simulated = run()
+    mask = skipped["mask"]
+    assert torch.equal(mask, simulated["mask"])
+    assert 0 < mask.float().mean() < 1  # some copies ended early: there is padding to skip
+    for key in ("observation", "action", "action_log_prob", ("next", "reward"), ("next", "observation"),
+                ("next", "done"), ("next", "terminated")):
+        assert torch.equal(skipped[key][mask], simulated[key][mask]), key
+    # after its end a copy is frozen: no reward, its observation no longer changes
+    assert (skipped["next", "reward"][~mask] == 0).all()
+    ended = (~mask).any(-1)
+    task, rollout = ended.nonzero()[0].tolist()
+    first = int(mask[task, rollout].sum())
+    padding = skipped["next", "observation"][task, rollout, first + 1:]
+    assert len(padding) > 1 and torch.equal(padding, padding[:1].expand_as(padding))
+    later = simulated["next", "observation"][task, rollout, first + 1:]
+    assert not torch.equal(later, later[:1].expand_as(later))

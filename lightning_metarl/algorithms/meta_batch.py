@@ -38,7 +38,7 @@ class MetaBatch:
 
     @property
     def env_steps(self) -> int:
-        """Env steps simulated for this meta-batch (padding included)."""
+        """Env steps of this meta-batch, ``tasks x rollouts x H`` per batch: padding counted (though not simulated)."""
         return sum(batch.get("mask").numel() for batch in self.batches)
 
     def task_returns(self) -> torch.Tensor:

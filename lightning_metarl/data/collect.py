@@ -45,7 +45,9 @@ def collect_episode(env: BatchedMetaEnv, actor: PolicyActor) -> TensorDictBase:
     TorchRL's rollout layout (``observation``, ``action``, ``action_log_prob``,
     ``("next", "reward")``, ``("next", "done")``, ...) plus ``"mask"``: 1 for the steps of each
     copy's episode, 0 for the padding after an early termination (whatever the copy does after it
-    is masked out), as in the reference samplers' padded paths.
+    is masked out), as in the reference samplers' padded paths. The padding is not simulated
+    (:meth:`~lightning_metarl.envs.BatchedMetaEnv.padding_skipped`): after its episode ends a
+    copy keeps its last state with reward 0.
     """
     rng_state = env.rng_state()
     collector = Collector(
@@ -61,7 +63,8 @@ def collect_episode(env: BatchedMetaEnv, actor: PolicyActor) -> TensorDictBase:
     # Building the collector resets the env; only the reset of its first batch draws noise that counts.
     env.set_rng_state(rng_state)
     # The policy's forward pass is small; torch threads would only compete with the physics pool.
-    with torch.no_grad(), torch_threads(1):
+    # Steps after a copy's episode ended are masked: the env need not simulate them.
+    with torch.no_grad(), torch_threads(1), env.padding_skipped():
         batch = next(iter(collector))
     collector.shutdown(close_env=False)
     batch.set("mask", episode_mask(batch.get(("next", "done")).squeeze(-1)))

@@ -21,8 +21,10 @@ remaining steps (``mask=0``), which is how the reference samplers pad paths to t
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from abc import abstractmethod
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -150,6 +152,17 @@ class BatchedMetaEnv(EnvBase):
     def family_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of this instance that shape its task distribution."""
         return {}
+
+    @contextlib.contextmanager
+    def padding_skipped(self) -> Iterator[None]:
+        """Within the block, copies whose episode has ended are not simulated until the next full reset.
+
+        Collection masks every step of a copy after its episode ends (padding to the horizon);
+        a family whose steps are expensive (MuJoCo) freezes such copies instead of simulating them:
+        they keep their state, report reward 0 and are never ``done`` again, and the live copies'
+        trajectories are bit-identical. Here (cheap families) it changes nothing.
+        """
+        yield
 
     def plot_xy(self, observation: torch.Tensor) -> torch.Tensor | None:
         """The 2D position ``[..., 2]`` that trajectory figures draw against the task's ``"goal"``; ``None``: no figure."""

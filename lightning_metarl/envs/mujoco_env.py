@@ -29,11 +29,12 @@ Rothfuss et al. 2019, and its ``rand_param_envs`` of Clavera et al.):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -283,6 +284,9 @@ class MujocoMetaEnv(BatchedMetaEnv):
         self._obs = torch.zeros((*self.batch_size, self.observation_dim), device=self.device)
         #: Copies reset because their physics diverged (cumulative).
         self.unstable_resets = 0
+        self._skip_padding = False
+        #: Copies whose episode ended since the last full reset (frozen while padding is skipped).
+        self._finished = np.zeros(n_copies, dtype=bool)
 
     # ------------------------------------------------------------------ family interface
     @classmethod
@@ -361,7 +365,22 @@ class MujocoMetaEnv(BatchedMetaEnv):
             return torch.randn(shape, generator=self.rng, dtype=torch.float64) * scale
         raise ValueError(f"unknown reset noise kind {kind!r}")
 
+    @contextlib.contextmanager
+    def padding_skipped(self) -> Iterator[None]:
+        """Within the block, copies whose episode ended are frozen until the next full reset (see the base class).
+
+        The physics call then takes only the live copies; each copy's physics is independent
+        of the others', so the live copies' states are bit-identical to simulating every copy.
+        """
+        previous, self._skip_padding = self._skip_padding, True
+        try:
+            yield
+        finally:
+            self._skip_padding = previous
+
     def _reset_copies(self, reset_mask: torch.Tensor) -> None:
+        if bool(reset_mask.all()):
+            self._finished[:] = False  # a full reset starts new episodes everywhere
         nq, nv = self.model.nq, self.model.nv
         qpos = self._noise(self.qpos_noise, nq).reshape(-1, nq).numpy()
         qvel = self._noise(self.qvel_noise, nv).reshape(-1, nv).numpy()
@@ -406,26 +425,54 @@ class MujocoMetaEnv(BatchedMetaEnv):
         ctrl = (action.to("cpu", torch.float64) - self._ctrl_mid) / self.action_scale + self._ctrl_mid
         return torch.clamp(ctrl, self._ctrl_low, self._ctrl_high)
 
+    def _simulate(self, before: _Buffer, after: _Buffer, frozen: np.ndarray | None) -> None:
+        """One env step of every copy from ``before`` into ``after``; ``frozen`` copies (if any) keep their state."""
+        if frozen is None or not frozen.any():
+            self._pool.rollout(
+                self._models, self._datas, before.state, self._control, skip_checks=True, nstep=self.frame_skip,
+                state=self._out_state, sensordata=self._out_sensors,
+            )
+            np.copyto(after.state, self._out_state[:, -1])
+            if self.model.nsensordata:
+                np.copyto(after.sensors, self._out_sensors[:, -1])
+            return
+        live = np.flatnonzero(~frozen)
+        after.state[frozen] = before.state[frozen]
+        after.sensors[frozen] = before.sensors[frozen]
+        if len(live) == 0:
+            return
+        n = len(live)
+        self._pool.rollout(
+            [self._models[r] for r in live], self._datas, np.ascontiguousarray(before.state[live]),
+            np.ascontiguousarray(self._control[live]), skip_checks=True, nstep=self.frame_skip,
+            state=self._out_state[:n], sensordata=self._out_sensors[:n],
+        )
+        after.state[live] = self._out_state[:n, -1]
+        if self.model.nsensordata:
+            after.sensors[live] = self._out_sensors[:n, -1]
+
     def _advance(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctrl = self.control(action)
         self._control_view.copy_(ctrl.unsqueeze(-2).expand_as(self._control_view))
         before, after = self._current, self._next
-        self._pool.rollout(
-            self._models, self._datas, before.state, self._control, skip_checks=True, nstep=self.frame_skip,
-            state=self._out_state, sensordata=self._out_sensors,
-        )
-        np.copyto(after.state, self._out_state[:, -1])
-        if self.model.nsensordata:
-            np.copyto(after.sensors, self._out_sensors[:, -1])
+        frozen = self._finished.copy() if self._skip_padding else None
+        self._simulate(before, after, frozen)
         self._current, self._next = after, before
         state = after.view
         # MuJoCo resets diverging data (its clock restarts); a non-finite state is caught here too
         broken = np.abs(after.state[:, 0] - self._end_time) > 0.5 * self.dt
         broken |= ~np.isfinite(after.state).all(axis=1)
+        if frozen is not None:
+            broken &= ~frozen
         unstable = torch.from_numpy(broken).view(self.batch_size)
         after.state[:, 0] = _START_TIME
         self._update_derived(state)
         reward, terminated = self.reward_and_termination(before.view.qpos, state, ctrl)
+        if frozen is not None:
+            frozen_view = torch.from_numpy(frozen).view(self.batch_size)
+            reward = reward.masked_fill(frozen_view, 0.0)
+            terminated = terminated & ~frozen_view
+            self._finished |= (terminated | unstable).reshape(-1).numpy()
         if bool(unstable.any()):
             self.unstable_resets += int(unstable.sum())
             reward = reward.masked_fill(unstable, 0.0)
