@@ -68,3 +68,24 @@ def test_compare_prints_window_means_of_finished_runs(in_tmp: Path):
                              capture_output=True, text=True)
     assert missing.returncode != 0
     assert "curve.csv not found" in missing.stderr
+
+
+def test_compare_seeds_gives_mean_and_std_over_the_seeds_of_each_group(in_tmp: Path):
+    runs = []
+    curves = {"a_s1": [1.0, 3.0], "a_s2": [3.0, 5.0], "b_s1": [0.0, 0.0, 4.0]}
+    for name, values in curves.items():
+        run_dir = in_tmp / name / "version_0"
+        run_dir.mkdir(parents=True)
+        with open(run_dir / "curve.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["iteration", "return/pre_update", "return/post_update"])
+            writer.writerows((k, 0.0, v) for k, v in enumerate(values))
+        runs.append(str(run_dir))
+    result = subprocess.run([sys.executable, str(TOOL), "--compare", *runs, "--window", "2", "--seeds",
+                             "--plot", "cmp.png"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = result.stdout.split("mean +- std over seeds")[1].splitlines()
+    assert table[1].split() == ["iterations", "a", "b"]
+    # a: window means 2 and 4 -> 3 +- 1 over 2 seeds; b: 0 (1 seed)
+    assert table[2].split() == ["0-1", "3.00", "+-", "1.00", "(2)", "0.00", "+-", "0.00", "(1)"]
+    assert table[3].split() == ["2-3", "4.00", "+-", "0.00", "(1)"]

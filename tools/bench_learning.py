@@ -12,13 +12,15 @@ the CSV.
         runs/bench_learning/point_corner_maml/version_0 --window 25 --plot promp_vs_maml.png
 
 compares finished runs: mean pre- and post-update return per window of iterations, side by side,
-and one plot of all curves.
+and one plot of all curves; with ``--seeds``, runs named ``<name>_s<seed>`` are also grouped and
+their window means given as mean +- std over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import re
 import sys
 import time
 from pathlib import Path
@@ -129,6 +131,39 @@ def compare(run_dirs: list[Path], window: int, out: Path) -> None:
         print(f"plot in {out}")
 
 
+def seed_group(run_dir: Path) -> str:
+    """The name of a run without its seed suffix: ``runs/point_corner_mame_s2/version_0`` -> ``point_corner_mame``."""
+    return re.sub(r"_s\d+$", "", run_dir.parent.name)
+
+
+def compare_seeds(run_dirs: list[Path], window: int, column: str = "return/post_update") -> dict[str, list[tuple[int, float, float, int]]]:
+    """Group runs that differ only in their ``_s<seed>`` suffix; print and return mean and std over seeds per window.
+
+    Each group's rows are ``(first iteration, mean over seeds, std over seeds, seeds)`` of the
+    per-seed window means of ``column`` (population std; windows that not every seed reached
+    average the seeds that did).
+    """
+    groups: dict[str, list[list[tuple[int, float]]]] = {}
+    for run_dir in run_dirs:
+        groups.setdefault(seed_group(run_dir), []).append(window_means(read_curve(run_dir), column, window))
+    table: dict[str, list[tuple[int, float, float, int]]] = {}
+    for name, per_seed in groups.items():
+        rows = []
+        for k in range(max(len(means) for means in per_seed)):
+            values = [means[k][1] for means in per_seed if k < len(means)]
+            mean = sum(values) / len(values)
+            std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+            rows.append((k * window, mean, std, len(values)))
+        table[name] = rows
+    print(f"mean +- std over seeds of the mean {column} per {window} iterations")
+    print(f"{'iterations':>11}" + "".join(f" {name[-30:]:>30}" for name in table))
+    for k in range(max(len(rows) for rows in table.values())):
+        cells = [f"{rows[k][1]:>17.2f} +- {rows[k][2]:5.2f} ({rows[k][3]})" if k < len(rows) else " " * 30
+                 for rows in table.values()]
+        print(f"{f'{k * window}-{k * window + window - 1}':>11}" + "".join(f" {c}" for c in cells))
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("conf/point_corner_maml.yaml"))
@@ -144,9 +179,13 @@ def main() -> None:
                         help="instead of training, compare finished runs (folders holding curve.csv)")
     parser.add_argument("--window", type=int, default=25, help="iterations per row of the --compare table")
     parser.add_argument("--plot", type=Path, default=Path("compare.png"), help="where --compare writes its plot")
+    parser.add_argument("--seeds", action="store_true",
+                        help="with --compare: group runs named <name>_s<seed> and print mean +- std over seeds")
     args = parser.parse_args()
     if args.compare:
         compare(args.compare, args.window, args.plot)
+        if args.seeds:
+            compare_seeds(args.compare, args.window)
         return
     sys.argv = sys.argv[:1]  # the CLI gets its arguments from ``run``, not from this command line
     start = time.perf_counter()
