@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_metarl.algorithms import CAVIA, EMAML, MAME, MAML, ProMP
+from lightning_metarl.algorithms import CAVIA, EMAML, MAESN, MAME, MAML, LatentSpace, ProMP
 from lightning_metarl.errors import ConfigError
 
 TINY = dict(meta_batch_size=2, rollouts_per_task=2, horizon=4)
@@ -21,6 +21,11 @@ BAD = [
     (CAVIA, "context_size", 0),
     (MAME, "latent_size", 0), (MAME, "n_step", 0), (MAME, "clip_epsilon", -0.2), (MAME, "num_outer_steps", 0),
     (MAME, "target", "value"), (MAME, "exploration_update", "vpg"), (MAME, "num_inner_steps", 2),
+    (MAME, "meta_test_iterations", 5),
+    (MAML, "num_train_tasks", 0), (MAML, "meta_test_iterations", 0), (MAML, "meta_test_tasks", 0),
+    (MAML, "meta_test_rollouts", 0), (MAML, "meta_test_halving_start", 0),
+    (MAESN, "latent_size", 0), (MAESN, "num_train_tasks", -1), (MAESN, "kl_weight", -0.5), (MAESN, "inner_lr", 0.0),
+    (LatentSpace, "learn_inner_lr", True),
 ]
 
 
