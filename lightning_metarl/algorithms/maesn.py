@@ -24,6 +24,7 @@ actions scored), an unbiased estimate of the gradient of the post-update return.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from lightning_metarl.algorithms.base import TASK_INDEX
 from lightning_metarl.algorithms.gradient import PARAMS
 from lightning_metarl.algorithms.maml import MAML, InnerObjective, OuterOptimizer
 from lightning_metarl.algorithms.meta_batch import MetaBatch
+from lightning_metarl.envs.base import BatchedMetaEnv
 from lightning_metarl.errors import ConfigError
 from lightning_metarl.evaluation import latent_ellipse_image
 from lightning_metarl.nn import PolicyActor
@@ -156,7 +158,7 @@ class MAESN(MAML):
         return PolicyActor(policy, self.phase_params(fast_state, policy), generator, inputs=fast_state.exclude(PARAMS),
                            episode_latent=(LATENT_NOISE, standard_normal_sampler(self.hparams.latent_size)))
 
-    def collect(self, actor: PolicyActor, phase: str = "exploit", env=None) -> TensorDictBase:
+    def collect(self, actor: PolicyActor, phase: str = "exploit", env: BatchedMetaEnv | None = None) -> TensorDictBase:
         """Collect and process; also store each step's ``z = mu + eps * sigma`` under ``"latent"`` (the sample the inner step scores)."""
         batch = super().collect(actor, phase, env)
         inputs = actor.inputs
@@ -257,6 +259,6 @@ class LatentSpace(MAESN):
         timings = {"collect": time.perf_counter() - t0, "adapt": 0.0}
         return MetaBatch(tasks, [], batch, [state.detach().clone()], timings)
 
-    def adaptation_path(self, batches, create_graph: bool = True) -> list[TensorDictBase]:
+    def adaptation_path(self, batches: Sequence[TensorDictBase], create_graph: bool = True) -> list[TensorDictBase]:
         """Only the initial state: LatentSpace does not adapt during meta-training."""
         return [self.initial_fast_state()]
