@@ -228,7 +228,7 @@ def render_maesn(family: str, suffix: str) -> str:
         f"# {description},",
         f"# on {family} (H = {horizon}, 20 of 100 fixed training tasks x {rollouts} trajectories per iteration, dense reward).",
         f"# {iterations // 10} epochs x 10 = {iterations} meta-iterations. `test` runs the meta-test protocol: 30 held-out",
-        f"# tasks from the initial state (MAESN: the prior), 100 adaptation steps on the sparse reward, steps halved from the third.",
+        "# tasks from the initial state (MAESN: the prior), 100 adaptation steps on the sparse reward, steps halved from the third.",
         "# Written by tools/make_configs.py.",
         "seed_everything: 1",
         "trainer:",
