@@ -33,6 +33,11 @@ TRACES: dict[str, tuple[str, list[str]]] = {
     "promp_half_cheetah": ("half_cheetah_fwd_bwd_promp.yaml", []),
     "maml_trpo_half_cheetah_vel": ("half_cheetah_vel_maml_trpo.yaml", []),
     "maml_trpo_walker_rand": ("walker2d_rand_params_maml_trpo.yaml", []),
+    "cavia": ("point_corner_cavia.yaml", []),
+    "mame": ("point_corner_mame.yaml", []),
+    "mame_walker_rand": ("walker_rand.yaml", []),
+    "maesn_wheeled": ("wheeled_semicircle_maesn.yaml", ["--model.init_args.num_train_tasks", "6"]),
+    "latent_space_wheeled": ("wheeled_semicircle_latent_space.yaml", ["--model.init_args.num_train_tasks", "6"]),
 }
 #: Wall-clock measurements: not part of a trace.
 TIMING_PREFIXES = ("perf/",)
