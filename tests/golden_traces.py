@@ -50,9 +50,14 @@ def run_trace(name: str, workdir: Path) -> dict[str, dict[str, str]]:
     from lightning_metarl.cli import main
     from lightning_metarl.evaluation import read_scalars
 
+    import torch
+
     config, extra = TRACES[name]
     cwd = os.getcwd()
     os.chdir(workdir)
+    # one intra-op thread: reductions then add in one order on every machine (bit-exact traces)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         main([
             "fit", "--config", str(REPO / "conf" / config), *SIZES,
@@ -63,6 +68,7 @@ def run_trace(name: str, workdir: Path) -> dict[str, dict[str, str]]:
             *extra,
         ])
     finally:
+        torch.set_num_threads(threads)
         os.chdir(cwd)
     curves = read_scalars(workdir / "runs" / name / "version_0")
     return {
