@@ -47,10 +47,10 @@ def run_trace(name: str, workdir: Path) -> dict[str, dict[str, str]]:
     """Train trace ``name`` for :data:`ITERATIONS` meta-iterations in ``workdir``; ``{tag: {step: hex}}``."""
     import os
 
+    import torch
+
     from lightning_metarl.cli import main
     from lightning_metarl.evaluation import read_scalars
-
-    import torch
 
     config, extra = TRACES[name]
     cwd = os.getcwd()
