@@ -192,8 +192,7 @@ class GradientMetaRLModule(MetaRLModule):
         grads = torch.autograd.grad(loss, [fast_state.get(k) for k in keys], create_graph=create_graph)
         adapted = fast_state.clone(recurse=False)
         for key, grad in zip(keys, grads):
-            step = self.inner_step_size(key)
-            adapted.set(key, fast_state.get(key) - (step if step_scale == 1.0 else step * step_scale) * grad)
+            adapted.set(key, fast_state.get(key) - self.inner_step_size(key) * step_scale * grad)
         return adapted if create_graph else adapted.detach()
 
     def inner_step_size(self, key: tuple[str, ...] | str) -> torch.Tensor | float:
