@@ -38,6 +38,7 @@ from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.envs.base import BatchedMetaEnv
 from lightning_metarl.errors import ConfigError
 from lightning_metarl.evaluation import latent_ellipse_image
+from lightning_metarl.masking import standardize
 from lightning_metarl.nn import PolicyActor
 from lightning_metarl.nn.latent import (
     LATENT,
@@ -174,7 +175,7 @@ class MAESN(MAML):
         batch = super().process(batch, phase)
         advantage = batch.get("return")[..., 0] - batch.get("value")[..., 0]
         if self.hparams.normalize_advantages:
-            advantage = (advantage - advantage.mean(-1, keepdim=True)) / (advantage.std(-1, keepdim=True, unbiased=False) + 1e-8)
+            advantage = standardize(advantage, batch.get("mask")[..., 0], dim=(-1,))
         batch.set(LATENT_ADVANTAGE, advantage.unsqueeze(-1).expand(batch.batch_size).clone())
         return batch
 
