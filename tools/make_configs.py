@@ -192,7 +192,8 @@ MAESN_ALGORITHMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "maesn": ("MAESN", "MAESN: latent policy, per-task omega tables, inner REINFORCE step on omega with learned step sizes, TRPO outer",
               {"latent_size": 2, "inner_lr": 1.0, "learn_inner_lr": True, "adapt_policy": False, **TRPO}),
     "latent_space": ("LatentSpace", "LatentSpace: MAESN's latent policy and omega tables trained without the inner update",
-                     {"latent_size": 2, "kl_weight": 0.01, "inner_lr": 1.0, "learn_inner_lr": False, **TRPO}),
+                     {"latent_size": 2, "kl_weight": 0.01, "num_inner_steps": 0, "inner_lr": 1.0, "learn_inner_lr": False,
+                      **TRPO}),
     "maml_trpo": ("MAML", "MAML-TRPO: VPG inner step on the policy weights, TRPO outer",
                   {"inner_objective": "vpg", "inner_lr": 0.1, **TRPO}),
 }

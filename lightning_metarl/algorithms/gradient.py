@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -78,6 +78,9 @@ class GradientMetaRLModule(MetaRLModule):
         **kwargs: see :class:`~lightning_metarl.algorithms.base.MetaRLModule`.
     """
 
+    #: Fewest inner steps the method is defined with (0: a method that may collect without adapting).
+    min_inner_steps: ClassVar[int] = 1
+
     def __init__(
         self,
         *args: Any,
@@ -101,8 +104,9 @@ class GradientMetaRLModule(MetaRLModule):
         start = meta_test_halving_start
         if start is not None and (isinstance(start, bool) or not isinstance(start, int) or start < 1):
             raise ConfigError(f"model.meta_test_halving_start must be a positive integer or null, got {start!r}")
-        if not isinstance(num_inner_steps, int) or num_inner_steps < 1:
-            raise ConfigError(f"model.num_inner_steps must be a positive integer, got {num_inner_steps!r}")
+        if isinstance(num_inner_steps, bool) or not isinstance(num_inner_steps, int) or num_inner_steps < self.min_inner_steps:
+            kind = "a positive integer" if self.min_inner_steps == 1 else f"an integer >= {self.min_inner_steps}"
+            raise ConfigError(f"model.num_inner_steps must be {kind}, got {num_inner_steps!r}")
         if not inner_lr > 0:
             raise ConfigError(f"model.inner_lr must be positive, got {inner_lr}")
         rollouts = exploration_rollouts_per_task

@@ -23,8 +23,6 @@ actions scored), an unbiased estimate of the gradient of the post-update return.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -235,8 +233,8 @@ class LatentSpace(MAESN):
     """The LatentSpace baseline of MAESN (Gupta et al. 2018, §4; Hausman et al. 2018's latent space without meta-learning).
 
     The same latent policy and per-task ``omega`` tables, trained jointly with ``theta`` by the
-    same outer step with the prior KL term, but without an inner update: each meta-iteration
-    collects once with ``omega_i`` and the outer step maximises that return. Held-out tasks
+    same outer step with the prior KL term, but without an inner update (``num_inner_steps: 0``):
+    each meta-iteration collects once with ``omega_i`` and the outer step maximises that return. Held-out tasks
     start from the prior; the meta-test protocol adapts ``omega`` with the constant step
     ``inner_lr`` (no learned step sizes).
 
@@ -245,21 +243,12 @@ class LatentSpace(MAESN):
         **kwargs: see :class:`MAESN`.
     """
 
-    def __init__(self, *args: Any, kl_weight: float = 0.01, learn_inner_lr: bool = False, **kwargs: Any) -> None:
+    min_inner_steps = 0
+
+    def __init__(self, *args: Any, kl_weight: float = 0.01, learn_inner_lr: bool = False, num_inner_steps: int = 0,
+                 **kwargs: Any) -> None:
         if learn_inner_lr:
             raise ConfigError("model.learn_inner_lr: LatentSpace has no inner update whose step sizes could be learned")
-        super().__init__(*args, kl_weight=kl_weight, learn_inner_lr=False, **kwargs)
-
-    def collect_and_adapt(self, tasks: TensorDictBase, generator: torch.Generator | None = None) -> MetaBatch:
-        """One collection with the tasks' own ``omega_i`` (the prior for held-out tasks); no inner step."""
-        generator = self.action_rng if generator is None else generator
-        self.set_tasks(tasks)
-        state = self.initial_fast_state()
-        t0 = time.perf_counter()
-        batch = self.collect(self.actor(state, "exploit", generator), "exploit")
-        timings = {"collect": time.perf_counter() - t0, "adapt": 0.0}
-        return MetaBatch(tasks, [], batch, [state.detach().clone()], timings)
-
-    def adaptation_path(self, batches: Sequence[TensorDictBase], create_graph: bool = True) -> list[TensorDictBase]:
-        """Only the initial state: LatentSpace does not adapt during meta-training."""
-        return [self.initial_fast_state()]
+        if num_inner_steps != 0:
+            raise ConfigError(f"model.num_inner_steps: LatentSpace has no inner update (0), got {num_inner_steps!r}")
+        super().__init__(*args, kl_weight=kl_weight, learn_inner_lr=False, num_inner_steps=0, **kwargs)
