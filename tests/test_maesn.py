@@ -241,7 +241,7 @@ def test_resume_equals_an_uninterrupted_run_and_the_tables_round_trip(in_tmp):
     for key in ("task_latents.mean", "task_latents.log_std", "inner_step_sizes.latent_mean"):
         assert checkpoint["state_dict"][key].shape[-1] == 2
         assert torch.equal(checkpoint["state_dict"][key], resumed_checkpoint["state_dict"][key])
-    # the tables learned: the rows of the sampled tasks moved from their initial values
+    # a module built with the same settings has tables of the checkpoint's shape
     torch.manual_seed(3)
     fresh = MAESN(env="Wheeled-Semicircle", num_train_tasks=6, meta_batch_size=3, rollouts_per_task=4, horizon=12,
                   hidden_sizes=[100, 100], activation="relu")
