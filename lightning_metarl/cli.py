@@ -35,6 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_metarl.algorithms import MetaRLModule
 from lightning_metarl.callbacks import IterationCheckpoint
+from lightning_metarl.distributed import meta_rl_strategy
 from lightning_metarl.errors import CheckpointError, ConfigError, MetaRLError
 
 DEFAULT_RUN_NAME = "default"
@@ -83,8 +84,10 @@ class MetaRLCLI(LightningCLI):
         super().__init__(MetaRLModule, *args, **kwargs)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        """Lightning's, without the checkpoint callback when ``--trainer.enable_checkpointing false``."""
+        """Lightning's, without the checkpoint callback when ``--trainer.enable_checkpointing false``, and with
+        Lightning's DDP names (``--trainer.strategy ddp``) run by :class:`~lightning_metarl.distributed.MetaRLDDPStrategy`."""
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        trainer_config["strategy"] = meta_rl_strategy(trainer_config.get("strategy", "auto"))
         callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         if trainer_config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, IterationCheckpoint))]

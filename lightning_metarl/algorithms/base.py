@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from lightning import LightningModule
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader
 
-from lightning_metarl import envs
+from lightning_metarl import distributed, envs
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.data import add_advantages, collect
 from lightning_metarl.envs.base import BatchedMetaEnv
@@ -244,7 +245,7 @@ class MetaRLModule(LightningModule):
         meta_batch = self.collect_and_adapt(self.sample_tasks())
         t0 = time.perf_counter()
         snapshot = self._snapshot()
-        metrics = self.meta_update(meta_batch)
+        metrics = distributed.average_scalars(self.meta_update(meta_batch))
         self._undo_if_not_finite(snapshot, metrics)
         meta_batch.timings["outer"] = time.perf_counter() - t0
         self.iteration += 1
@@ -296,15 +297,17 @@ class MetaRLModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         """Write ``test_returns.csv`` (columns ``batch, task, step, return``) into the logger's run folder."""
+        # with several processes each rank evaluated its share of the held-out batches (padded by repeats)
+        rows = list({row[:3]: row for rows in distributed.gather_objects(self._test_rows) for row in rows}.values())
         log_dir = getattr(self.logger, "log_dir", None)
-        if log_dir is None or not self._test_rows:
+        if log_dir is None or not rows or not self.trainer.is_global_zero:
             return
         path = Path(log_dir) / TEST_CSV
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["batch", "task", "step", "return"])
-            writer.writerows(self._test_rows)
+            writer.writerows(rows)
 
     def evaluate(self, stage: str, index: int) -> dict[str, float]:
         """Adapt to the ``index``-th fixed meta-batch of held-out tasks and log its returns.
@@ -337,7 +340,7 @@ class MetaRLModule(LightningModule):
                                 for task in range(per_task.shape[1]) for k in range(per_task.shape[0])]
         for name, value in returns.items():
             self.log(name, value, on_step=False, on_epoch=True, batch_size=1,
-                     prog_bar=name == f"{stage}/return/post_update")
+                     prog_bar=name == f"{stage}/return/post_update", sync_dist=distributed.world_size() > 1)
         if index == 0:
             self.log_trajectory_figure(stage, meta_batch)
         return returns
@@ -372,9 +375,9 @@ class MetaRLModule(LightningModule):
 
     def log_iteration(self, meta_batch: MetaBatch, metrics: dict[str, torch.Tensor], iteration_s: float) -> None:
         """Log the iteration's returns, losses and timings under namespaced TensorBoard tags."""
-        timings = meta_batch.timings
-        env_steps = meta_batch.env_steps
-        scalars: dict[str, Any] = dict(meta_batch.returns())
+        timings = distributed.average_scalars(meta_batch.timings)
+        env_steps = meta_batch.env_steps * distributed.world_size()
+        scalars: dict[str, Any] = distributed.average_scalars(meta_batch.returns())
         if hasattr(self.policy, "entropy"):
             scalars["policy/entropy"] = self.policy.entropy().detach()
         scalars["perf/env_steps_per_s"] = env_steps / max(timings.get("collect", 0.0), 1e-9)
@@ -389,6 +392,63 @@ class MetaRLModule(LightningModule):
             self.log(name, value, on_step=True, on_epoch=False, prog_bar=name in progress, batch_size=1)
 
     # ------------------------------------------------------------------ Lightning plumbing
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Lightning's backward, then every gradient averaged over the ranks of a multi-process run."""
+        super().manual_backward(loss, *args, **kwargs)
+        distributed.average_gradients(self.parameters())
+
+    def setup(self, stage: str) -> None:
+        """With several processes: check the strategy, offset the generators by rank, share the CPUs.
+
+        Each rank meta-trains on ``meta_batch_size`` tasks of its own: its task, action-noise
+        and env generators are derived from rank 0's (:func:`~lightning_metarl.distributed.rank_offset_generator_state`),
+        and each physics pool gets its share of the node's CPUs unless ``env_kwargs`` sets
+        ``num_threads``.
+        """
+        size = distributed.world_size()
+        if size == 1:
+            return
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, distributed.MetaRLDDPStrategy):
+            raise ConfigError(
+                f"{type(self).__name__} runs on several processes with lightning_metarl.distributed.MetaRLDDPStrategy "
+                f"(the CLI's --trainer.strategy ddp), not {type(strategy).__name__}: its updates average gradients "
+                f"themselves, which the DistributedDataParallel wrapper cannot do for TRPO's products"
+            )
+        self._offset_generators(distributed.rank())
+        if "num_threads" not in (self.hparams.env_kwargs or {}):
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            for env in self.physics_envs().values():
+                if hasattr(env, "set_num_threads"):
+                    env.set_num_threads(max(1, cpus // max(1, self.trainer.num_devices)))
+        if stage == "fit" and distributed.rank() == 0:
+            print(f"{size} processes x meta_batch_size {self.hparams.meta_batch_size} = "
+                  f"{size * self.hparams.meta_batch_size} tasks per meta-iteration; gradients averaged over processes")
+
+    def _generator_states(self) -> dict[str, Any]:
+        return {
+            "task": self.task_rng.get_state(),
+            "action": self.action_rng.get_state(),
+            **{name: env.rng_state() for name, env in self.physics_envs().items()},
+        }
+
+    def _set_generator_states(self, state: dict[str, Any]) -> None:
+        self.task_rng.set_state(state["task"])
+        self.action_rng.set_state(state["action"])
+        for name, env in self.physics_envs().items():
+            if name not in state:
+                raise CheckpointError(f"checkpoint has no generator state of the {name!r} env of {type(self).__name__}")
+            env.set_rng_state(state[name])
+
+    def _offset_generators(self, rank: int) -> None:
+        """Move every training generator to ``rank``'s stream (rank 0's are left as they are)."""
+        offset = distributed.rank_offset_generator_state
+        state = self._generator_states()
+        self._set_generator_states({
+            name: offset(value, rank) if isinstance(value, torch.Tensor) else {k: offset(v, rank) for k, v in value.items()}
+            for name, value in state.items()
+        })
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam over all meta-parameters (``self.parameters()``) with ``outer_lr``."""
         return torch.optim.Adam(self.parameters(), lr=self.hparams.outer_lr)
@@ -406,21 +466,25 @@ class MetaRLModule(LightningModule):
         return self.val_dataloader()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the generators that shape future iterations (tasks, actions, env resets)."""
-        checkpoint[_RNG_KEY] = {
-            "task": self.task_rng.get_state(),
-            "action": self.action_rng.get_state(),
-            **{name: env.rng_state() for name, env in self.physics_envs().items()},
-        }
+        """Store the generators that shape future iterations (tasks, actions, env resets): every rank's, in rank order, with several processes."""
+        state = self._generator_states()
+        size = distributed.world_size()
+        checkpoint[_RNG_KEY] = state if size == 1 else {"ranks": distributed.gather_objects(state)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the generators saved by :meth:`on_save_checkpoint`."""
+        """Restore the generators saved by :meth:`on_save_checkpoint` (this rank's).
+
+        A checkpoint written by another number of processes resumes every rank from rank 0's
+        generators, offset by rank as at the start of a run; the run then goes on as a fresh
+        run on that many processes would, not as the original would have.
+        """
         state = checkpoint.get(_RNG_KEY)
         if state is None:
             raise CheckpointError(f"checkpoint was not written by {type(self).__name__} (no generator states)")
-        self.task_rng.set_state(state["task"])
-        self.action_rng.set_state(state["action"])
-        for name, env in self.physics_envs().items():
-            if name not in state:
-                raise CheckpointError(f"checkpoint has no generator state of the {name!r} env of {type(self).__name__}")
-            env.set_rng_state(state[name])
+        ranks = state["ranks"] if "ranks" in state else [state]
+        rank, size = distributed.rank(), distributed.world_size()
+        if len(ranks) == size:
+            self._set_generator_states(ranks[rank])
+            return
+        self._set_generator_states(ranks[0])
+        self._offset_generators(rank)

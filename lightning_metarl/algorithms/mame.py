@@ -7,11 +7,12 @@ from typing import Any, Literal
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from lightning_metarl import distributed
 from lightning_metarl.algorithms.gradient import GradientMetaRLModule
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.data.returns import discounted_returns, gae, n_step_returns, normalize_advantages
 from lightning_metarl.errors import ConfigError
-from lightning_metarl.masking import SAMPLE_DIMS, standardize, valid, zero_padding
+from lightning_metarl.masking import SAMPLE_DIMS, valid, zero_padding
 from lightning_metarl.nn import GaussianMLPPolicy, SelfSupervisionNetwork, linear_baseline_values
 from lightning_metarl.objectives import (
     clip_fraction,
@@ -228,7 +229,7 @@ class MAME(GradientMetaRLModule):
             post = meta_batch.post_update
             post_return = per_task_mean(zero_padding(post.get(("next", "reward")).squeeze(-1), post.get("mask")),
                                         post.get("mask"))
-            score = standardize(post_return, torch.ones_like(post_return, dtype=torch.bool))
+            score = distributed.standardize_over_ranks(post_return)  # over the whole meta-batch
             return zero_padding(score[:, None, None].expand_as(mask.to(score.dtype)), mask)
         rewards = self.exploration_rewards(meta_batch)
         returns = discounted_returns(rewards, mask, 1.0)  # the reward-to-go of r^mu

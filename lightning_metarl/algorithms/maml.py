@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 from tensordict import TensorDictBase
 
+from lightning_metarl import distributed
 from lightning_metarl.algorithms.gradient import GradientMetaRLModule
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.data.returns import discounted_rewards
@@ -149,6 +150,7 @@ class MAML(GradientMetaRLModule):
             damping=hp.cg_damping,
             backtrack_ratio=hp.backtrack_ratio,
             max_backtracks=hp.max_backtracks,
+            reduce=distributed.all_reduce_mean,
         )
         return info.metrics()
 

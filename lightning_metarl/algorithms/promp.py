@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
+from lightning_metarl import distributed
 from lightning_metarl.algorithms.gradient import GradientMetaRLModule
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.errors import ConfigError
@@ -126,5 +127,5 @@ class ProMP(GradientMetaRLModule):
         for k in range(len(meta_batch.pre_update)):
             metrics[f"kl/inner_step_{k}"] = inner_kl[k]
             metrics[f"kl_coeff/step_{k}"] = coefficient.value[k].detach()
-        coefficient.update(inner_kl)
+        coefficient.update(distributed.all_reduce_mean(inner_kl))  # the same coefficients on every rank
         return metrics

@@ -262,9 +262,7 @@ class MujocoMetaEnv(BatchedMetaEnv):
         self._ctrl_low, self._ctrl_high, self._ctrl_mid = low, high, (low + high) / 2
         super().__init__(n_tasks, rollouts_per_task, horizon, seed=seed, device=device)
         n_copies = n_tasks * rollouts_per_task
-        self.num_threads = min(num_threads, n_copies)
-        self._pool = mj_rollout.Rollout(nthread=self.num_threads if self.num_threads > 1 else 0)
-        self._datas = [mujoco.MjData(self.model) for _ in range(self.num_threads)]
+        self.set_num_threads(num_threads)
         #: The model of every task (the shared default model unless the tasks change the physics).
         self.task_models: list[mujoco.MjModel] = [self.model] * n_tasks
         self._models: list[mujoco.MjModel] = [self.model] * n_copies
@@ -287,6 +285,12 @@ class MujocoMetaEnv(BatchedMetaEnv):
         self._skip_padding = False
         #: Copies whose episode ended since the last full reset (frozen while padding is skipped).
         self._finished = np.zeros(n_copies, dtype=bool)
+
+    def set_num_threads(self, num_threads: int) -> None:
+        """Rebuild the physics pool with ``num_threads`` threads (at most one per copy; 1: the calling thread alone)."""
+        self.num_threads = min(num_threads, self.batch_size.numel())
+        self._pool = mj_rollout.Rollout(nthread=self.num_threads if self.num_threads > 1 else 0)
+        self._datas = [mujoco.MjData(self.model) for _ in range(self.num_threads)]
 
     # ------------------------------------------------------------------ family interface
     @classmethod

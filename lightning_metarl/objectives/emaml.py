@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_metarl.masking import standardize
+from lightning_metarl.distributed import standardize_over_ranks
 from lightning_metarl.objectives.policy_gradient import per_task_mean
 
 
@@ -35,12 +35,13 @@ def emaml_loss(
             batch's actions under the meta-parameters ``theta`` (differentiable).
         pre_mask: validity of the pre-update steps.
         post_rewards: ``[n_tasks, rollouts, T]`` post-update rewards (data), standardised with
-            :func:`~lightning_metarl.masking.standardize` over all tasks' valid steps.
+            over all tasks' valid steps (of every process of a multi-process run:
+            :func:`~lightning_metarl.distributed.standardize_over_ranks`).
         post_mask: validity of the post-update steps.
         eps: added to the standard deviation.
 
     Returns:
         ``[n_tasks]``, to be averaged over tasks and added to the outer loss.
     """
-    adjusted = standardize(post_rewards.detach(), post_mask, None, eps)
+    adjusted = standardize_over_ranks(post_rewards.detach(), post_mask, eps)
     return -per_task_mean(adjusted, post_mask) * per_task_mean(pre_log_prob, pre_mask)

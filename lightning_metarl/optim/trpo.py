@@ -21,6 +21,10 @@ from dataclasses import dataclass
 import torch
 
 
+def _identity(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 def flat_grad(
     output: torch.Tensor,
     params: Sequence[torch.Tensor],
@@ -35,16 +39,18 @@ def flat_grad(
 
 
 def hessian_vector_product(
-    kl: torch.Tensor, params: Sequence[torch.Tensor], damping: float = 1e-5
+    kl: torch.Tensor, params: Sequence[torch.Tensor], damping: float = 1e-5,
+    reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``v -> (H + damping I) v`` with ``H`` the Hessian of the scalar ``kl`` w.r.t. ``params`` (Pearlmutter 1994).
 
     The gradient graph is built once; each product is one more backward pass through it.
+    ``reduce`` combines the product ``H v`` with those of other processes (their mean).
     """
     grad = flat_grad(kl, params, create_graph=True)
 
     def product(vector: torch.Tensor) -> torch.Tensor:
-        return flat_grad(grad @ vector.detach(), params, retain_graph=True) + damping * vector
+        return reduce(flat_grad(grad @ vector.detach(), params, retain_graph=True)) + damping * vector
 
     return product
 
@@ -132,6 +138,7 @@ def trpo_step(
     damping: float = 1e-5,
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 15,
+    reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
 ) -> TRPOStepInfo:
     """One trust-region step on ``params`` in place: minimise ``loss_fn`` subject to ``kl_fn() <= max_kl``.
 
@@ -161,14 +168,18 @@ def trpo_step(
             an inner step is badly conditioned.
         backtrack_ratio: step shrink factor per line-search trial (reference 0.8).
         max_backtracks: number of step sizes tried (reference 15).
+        reduce: combines a tensor with the same tensor of the other processes of a
+            multi-process run (:func:`~lightning_metarl.distributed.all_reduce_mean`): applied to
+            the gradient, every Hessian-vector product and every loss and KL value, so that
+            processes holding shares of the meta-batch take the one step of the whole batch.
     """
     params = list(params)
     start = torch.cat([p.detach().reshape(-1) for p in params]).clone()
 
     loss = loss_fn()
-    gradient = flat_grad(loss, params)
-    loss_before = float(loss.detach())
-    hvp = hessian_vector_product(kl_fn(), params, damping)
+    gradient = reduce(flat_grad(loss, params))
+    loss_before = float(reduce(loss.detach()))
+    hvp = hessian_vector_product(kl_fn(), params, damping, reduce)
     direction = conjugate_gradient(hvp, gradient, cg_iterations)
     curvature = float(direction @ hvp(direction))
     del hvp
@@ -185,8 +196,8 @@ def trpo_step(
     for k in range(max_backtracks):
         fraction = backtrack_ratio**k
         _set_flat(params, start + fraction * full_step)
-        loss_new = float(loss_fn().detach())
-        kl_new = float(kl_fn().detach())
+        loss_new = float(reduce(loss_fn().detach()))
+        kl_new = float(reduce(kl_fn().detach()))
         if math.isfinite(loss_new) and math.isfinite(kl_new) and loss_new < loss_before and kl_new <= max_kl:
             return TRPOStepInfo(True, loss_before, loss_new, kl_new, fraction, k + 1, expected_improvement)
     return rejected(max_backtracks)
