@@ -18,10 +18,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
 from lightning_metarl import distributed
+from lightning_metarl.evaluation import logged_twice, read_scalars
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+#: Tags whose values depend on time, not on the seed.
+TIMING = ("perf/",)
+
+
+def scalars(run: Path) -> dict[str, dict[int, float]]:
+    return {tag: curve for tag, curve in read_scalars(run).items() if not tag.startswith(TIMING)}
 
 
 def free_port() -> int:
@@ -76,3 +84,30 @@ def test_without_a_process_group_every_collective_is_the_identity():
     other = distributed.rank_offset_generator_state(state, 1)
     assert not torch.equal(other, state)
     assert torch.equal(other, distributed.rank_offset_generator_state(state, 1))  # reproducible
+
+
+def cli(*args: str, cwd: Path) -> None:
+    """``python -m lightning_metarl ARGS`` in ``cwd`` (Lightning's DDP launcher re-runs this command for rank 1)."""
+    result = subprocess.run([sys.executable, "-m", "lightning_metarl", *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
+def test_ddp_through_the_cli_resumes_exactly_and_logs_each_step_once(tmp_path: Path):
+    config = Path(__file__).resolve().parents[1] / "conf" / "point_corner_promp.yaml"
+    common = ["--config", str(config), *TINY, "--model.init_args.iterations_per_epoch", "2", "--seed_everything", "5"]
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    cli("fit", *common, *ddp, "--trainer.max_epochs", "2", "--trainer.logger.init_args.name", "straight", cwd=tmp_path)
+    cli("fit", *common, *ddp, "--trainer.max_epochs", "1", "--trainer.logger.init_args.name", "resumed", cwd=tmp_path)
+    cli("fit", *common, *ddp, "--trainer.max_epochs", "2", "--trainer.logger.init_args.name", "resumed",
+        "--ckpt_path", "last", cwd=tmp_path)
+    cli("fit", *common, "--trainer.max_epochs", "1", "--trainer.logger.init_args.name", "single", cwd=tmp_path)
+    runs = tmp_path / "runs"
+    straight, resumed, single = (scalars(runs / name / "version_0") for name in ("straight", "resumed", "single"))
+    assert sorted(straight["return/post_update"]) == [0, 1, 2, 3]
+    assert resumed == straight
+    # (Lightning writes "epoch" beside the training and the validation scalars of an epoch's last step)
+    assert [key for key in logged_twice(runs / "resumed" / "version_0") if key[0] != "epoch"] == []
+    # rank 1 drew tasks of its own: the mean over both ranks is not the single process's
+    assert straight["return/pre_update"][0] != single["return/pre_update"][0]
+    assert not (runs / "resumed" / "version_1").exists()  # one run folder, written by rank 0
