@@ -111,3 +111,19 @@ def test_ddp_through_the_cli_resumes_exactly_and_logs_each_step_once(tmp_path: P
     # rank 1 drew tasks of its own: the mean over both ranks is not the single process's
     assert straight["return/pre_update"][0] != single["return/pre_update"][0]
     assert not (runs / "resumed" / "version_1").exists()  # one run folder, written by rank 0
+
+
+def test_ddp_test_subcommand_evaluates_every_held_out_batch_once_as_one_process_does(tmp_path: Path):
+    config = Path(__file__).resolve().parents[1] / "conf" / "point_corner_maml.yaml"
+    common = ["--config", str(config), *TINY, "--model.init_args.eval_batches", "3"]
+    cli("fit", *common, "--trainer.max_epochs", "1", "--model.init_args.iterations_per_epoch", "1",
+        "--trainer.limit_val_batches", "0", cwd=tmp_path)
+    checkpoint = tmp_path / "runs" / "point_corner_maml" / "version_0" / "checkpoints" / "last.ckpt"
+    cli("test", *common, "--ckpt_path", str(checkpoint), "--trainer.logger.init_args.name", "one", cwd=tmp_path)
+    cli("test", *common, "--ckpt_path", str(checkpoint), "--trainer.logger.init_args.name", "two",
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", cwd=tmp_path)
+    one, two = ((tmp_path / "runs" / f"{name}_test" / "version_0" / "test_returns.csv").read_text().splitlines()
+                for name in ("one", "two"))
+    assert len(one) == 1 + 3 * 3 * 2  # header, 3 batches x 3 tasks x (pre, post)
+    # each rank evaluated its share of the batches (rank 1 also batch 0 again, as padding): the same rows
+    assert sorted(two) == sorted(one)

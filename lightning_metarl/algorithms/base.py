@@ -286,11 +286,11 @@ class MetaRLModule(LightningModule):
     # ------------------------------------------------------------------ meta-test
     def validation_step(self, batch: int, batch_idx: int) -> None:
         """Meta-test on held-out tasks: adapt (no outer update) and log ``val/return/*``."""
-        self.evaluate("val", batch_idx)
+        self.evaluate("val", int(batch))
 
     def test_step(self, batch: int, batch_idx: int) -> None:
         """As :meth:`validation_step` on a held-out set of its own, logged under ``test/`` and into ``test_returns.csv``."""
-        self.evaluate("test", batch_idx)
+        self.evaluate("test", int(batch))
 
     def on_test_epoch_start(self) -> None:
         self._test_rows: list[tuple[int, int, int, float]] = []

@@ -246,7 +246,7 @@ class GradientMetaRLModule(MetaRLModule):
         """The one-adaptation evaluation of ``validate``, or with ``meta_test_iterations`` the long protocol."""
         if self.hparams.meta_test_iterations is None:
             return super().test_step(batch, batch_idx)
-        self.meta_test(batch_idx)
+        self.meta_test(int(batch))
 
     def meta_test(self, index: int) -> torch.Tensor:
         """Run the long meta-test protocol on the ``index``-th held-out task set; log and return ``[iterations, tasks]``.
