@@ -38,3 +38,16 @@ def test_the_json_line_has_the_documented_keys(config: str, mujoco: bool, capsys
 def test_a_bad_override_is_refused(in_tmp):
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         bench.main([str(REPO / "conf" / "point_corner_maml.yaml"), "--", "--trainer.max_epochs=3"])
+
+
+def test_the_ddp_benchmark_json_line_has_the_documented_keys(capsys, in_tmp):
+    import bench_ddp
+
+    result = bench_ddp.main([str(REPO / "conf" / "point_corner_maml.yaml"), "--iterations", "1", "--warmup", "0",
+                             "--", "--model.init_args.meta_batch_size=4", "--model.init_args.rollouts_per_task=2",
+                             "--model.init_args.horizon=6"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(line) == json.loads(json.dumps(result))
+    assert tuple(result) == bench_ddp.JSON_KEYS
+    assert result["tasks"] == 4 and result["processes"] == 2
+    assert result["speedup"] == pytest.approx(result["one_process_iteration_s"] / result["processes_iteration_s"])
