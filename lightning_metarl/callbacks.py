@@ -59,7 +59,7 @@ class IterationCheckpoint(Callback):
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
-        trainer.save_checkpoint(partial)
+        trainer.save_checkpoint(partial, weights_only=False)
         if trainer.is_global_zero:
             os.replace(partial, path)
         return path
@@ -78,6 +78,31 @@ class IterationCheckpoint(Callback):
         except ValueError:  # not the main thread: leave Ctrl-C alone
             self._previous_sigint = None
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """With several processes, make SIGTERM only raise a flag (Lightning's handler calls a collective).
+
+        Lightning's SIGTERM handler broadcasts from rank 0 inside the handler, at whatever point
+        the signal lands; a rank inside the meta-update's all-reduces then waits forever. Here
+        the handler records the signal and passes it on to the processes the launcher started,
+        and Lightning's check between meta-iterations (rank 0's flag, broadcast by every rank
+        at the same point) stops all ranks together, after which :meth:`on_exception` writes
+        ``last.ckpt`` from all of them.
+        """
+        if trainer.world_size == 1:
+            return
+        connector = trainer._signal_connector
+
+        def record(signum: int, frame: Any) -> None:
+            launcher = trainer.strategy.launcher
+            if not connector.received_sigterm and launcher is not None:
+                launcher.kill(signum)
+            connector.received_sigterm = True
+
+        try:
+            signal.signal(signal.SIGTERM, record)
+        except ValueError:  # not the main thread
+            pass
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore_sigint()
 
@@ -95,7 +120,7 @@ class IterationCheckpoint(Callback):
         self._restore_sigint()
         if isinstance(exception, SIGTERMException):
             path = self.save(trainer)
-            if path is not None:
+            if path is not None and trainer.is_global_zero:
                 print(f"stopped after meta-iteration {int(pl_module.iteration)}; {path} written "
                       f"(resume with --ckpt_path last)")
 

@@ -50,9 +50,16 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """The mean of ``tensor`` over all ranks (a new tensor, the same on every rank); ``tensor`` itself with one process."""
     if world_size() == 1:
         return tensor
-    total = tensor.detach().clone()
+    total = tensor.detach().to(_communication_device(), copy=True)
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total / world_size()
+    return (total / world_size()).to(tensor.device)
+
+
+def _communication_device() -> torch.device:
+    """Where the backend reduces tensors: the current GPU for NCCL, the CPU for gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def average_gradients(params: Iterable[torch.Tensor]) -> None:

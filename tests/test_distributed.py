@@ -11,6 +11,7 @@ and the adaptive penalty coefficients of ProMP.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY
+from lightning import Callback
 
 from lightning_metarl import distributed
 from lightning_metarl.evaluation import logged_twice, read_scalars
@@ -86,31 +88,46 @@ def test_without_a_process_group_every_collective_is_the_identity():
     assert torch.equal(other, distributed.rank_offset_generator_state(state, 1))  # reproducible
 
 
-def cli(*args: str, cwd: Path) -> None:
+class SigtermRank0After(Callback):
+    """``kill`` the main process (rank 0) at the end of meta-iteration ``iteration``; the launcher passes SIGTERM on."""
+
+    def __init__(self, iteration: int) -> None:
+        self.iteration = iteration
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.is_global_zero and int(pl_module.iteration) == self.iteration:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def cli(*args: str, cwd: Path, returncode: int = 0) -> None:
     """``python -m lightning_metarl ARGS`` in ``cwd`` (Lightning's DDP launcher re-runs this command for rank 1)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     result = subprocess.run([sys.executable, "-m", "lightning_metarl", *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+                            timeout=600, env=env)
+    assert result.returncode == returncode, (result.stdout + result.stderr)[-3000:]
 
 
-def test_ddp_through_the_cli_resumes_exactly_and_logs_each_step_once(tmp_path: Path):
+def test_ddp_through_the_cli_killed_mid_epoch_resumes_exactly_and_logs_each_step_once(tmp_path: Path):
     config = Path(__file__).resolve().parents[1] / "conf" / "point_corner_promp.yaml"
-    common = ["--config", str(config), *TINY, "--model.init_args.iterations_per_epoch", "2", "--seed_everything", "5"]
+    common = ["--config", str(config), *TINY, "--model.init_args.iterations_per_epoch", "2", "--seed_everything", "5",
+              "--trainer.max_epochs", "2"]
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
-    cli("fit", *common, *ddp, "--trainer.max_epochs", "2", "--trainer.logger.init_args.name", "straight", cwd=tmp_path)
-    cli("fit", *common, *ddp, "--trainer.max_epochs", "1", "--trainer.logger.init_args.name", "resumed", cwd=tmp_path)
-    cli("fit", *common, *ddp, "--trainer.max_epochs", "2", "--trainer.logger.init_args.name", "resumed",
-        "--ckpt_path", "last", cwd=tmp_path)
+    kill = '--trainer.callbacks+={"class_path": "test_distributed.SigtermRank0After", "init_args": {"iteration": 3}}'
+    cli("fit", *common, *ddp, "--trainer.logger.init_args.name", "straight", cwd=tmp_path)
+    cli("fit", *common, *ddp, "--trainer.logger.init_args.name", "killed", kill, cwd=tmp_path, returncode=143)
+    last = tmp_path / "runs" / "killed" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["state_dict"]["iteration"].item() == 3  # only iteration 4 is lost
+    cli("fit", *common, *ddp, "--trainer.logger.init_args.name", "killed", "--ckpt_path", "last", cwd=tmp_path)
     cli("fit", *common, "--trainer.max_epochs", "1", "--trainer.logger.init_args.name", "single", cwd=tmp_path)
     runs = tmp_path / "runs"
-    straight, resumed, single = (scalars(runs / name / "version_0") for name in ("straight", "resumed", "single"))
+    straight, killed, single = (scalars(runs / name / "version_0") for name in ("straight", "killed", "single"))
     assert sorted(straight["return/post_update"]) == [0, 1, 2, 3]
-    assert resumed == straight
+    assert killed == straight
     # (Lightning writes "epoch" beside the training and the validation scalars of an epoch's last step)
-    assert [key for key in logged_twice(runs / "resumed" / "version_0") if key[0] != "epoch"] == []
+    assert [key for key in logged_twice(runs / "killed" / "version_0") if key[0] != "epoch"] == []
     # rank 1 drew tasks of its own: the mean over both ranks is not the single process's
     assert straight["return/pre_update"][0] != single["return/pre_update"][0]
-    assert not (runs / "resumed" / "version_1").exists()  # one run folder, written by rank 0
+    assert not (runs / "killed" / "version_1").exists()  # one run folder, written by rank 0
 
 
 def test_ddp_test_subcommand_evaluates_every_held_out_batch_once_as_one_process_does(tmp_path: Path):
