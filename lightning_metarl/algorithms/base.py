@@ -250,7 +250,8 @@ class MetaRLModule(LightningModule):
         meta_batch.timings["outer"] = time.perf_counter() - t0
         self.iteration += 1
         metrics["health/skipped_updates"] = self.skipped_updates.float()
-        metrics["health/env_resets_nonfinite"] = torch.tensor(float(self.env_resets() - resets_before))
+        resets = torch.tensor(float(self.env_resets() - resets_before))
+        metrics["health/env_resets_nonfinite"] = distributed.all_reduce_mean(resets) * distributed.world_size()  # all ranks'
         self.log_iteration(meta_batch, metrics, time.perf_counter() - start)
 
     def env_resets(self) -> int:
