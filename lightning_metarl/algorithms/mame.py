@@ -190,11 +190,12 @@ class MAME(GradientMetaRLModule):
         ``phi`` learns from ``r^mu`` alone and the weights are constants.
         """
         mask = batch.get("mask")
-        log_mu = self.log_prob(fast_state, batch, "explore")
+        losses = self.step_losses(fast_state.get(LATENT), batch)
         if self.hparams.exploration_update != "dice":
-            log_mu = log_mu.detach()
-        weights = magic_box(cumulative_log_prob(log_mu, mask))
-        return per_task_mean(weights * self.step_losses(fast_state.get(LATENT), batch), mask)
+            # magic_box of a constant is exactly 1: skip the forward pass of mu_phi
+            return per_task_mean(losses, mask)
+        weights = magic_box(cumulative_log_prob(self.log_prob(fast_state, batch, "explore"), mask))
+        return per_task_mean(weights * losses, mask)
 
     # ------------------------------------------------------------------ exploration credit
     def exploitation_objective(self, fast_state: TensorDictBase, batch: TensorDictBase) -> torch.Tensor:
