@@ -53,4 +53,7 @@ class SelfSupervisionNetwork(nn.Module):
                 mask: torch.Tensor) -> torch.Tensor:
         """Predictions ``[..., T, target_dim]`` for ``[..., T, *]`` states and actions; ``latent`` may be per task."""
         features = self.features(concat_inputs([observation, action, latent]))
+        if self.target_dim <= features.shape[-1]:
+            # w^T (window mean of m) = window mean of (w^T m): average the narrower of the two
+            return window_mean(self.head(features), mask, self.window)
         return self.head(window_mean(features, mask, self.window))
