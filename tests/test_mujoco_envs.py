@@ -355,6 +355,22 @@ def test_same_seed_same_trajectories_different_seed_different():
     assert not torch.equal(a["observation"], c["observation"])
 
 
+def test_the_physics_pool_size_changes_no_number():
+    def run(threads: int | None) -> TensorDict:
+        env = make("Ant-Fwd-Bwd", n_tasks=2, rollouts=2, horizon=6, seed=5, num_threads=2)
+        if threads is not None:
+            env.set_num_threads(threads)  # what each process of a multi-process run does
+            assert env.num_threads == threads
+        env.set_tasks(tasks_for(env))
+        generator = torch.Generator().manual_seed(0)
+        return env.rollout(6, policy=lambda td: td.set("action", torch.rand(2, 2, 8, generator=generator) * 20 - 10),
+                           break_when_any_done=False)
+
+    one, two = run(1), run(None)
+    for key in ("observation", ("next", "observation"), ("next", "reward"), ("next", "done")):
+        assert torch.equal(one[key], two[key])
+
+
 def test_set_seed_and_rng_state_restore_the_reset_noise():
     env = make("HalfCheetah-Vel", n_tasks=2, rollouts=2)
     env.set_tasks(tasks_for(env))
