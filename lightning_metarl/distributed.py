@@ -20,7 +20,8 @@ whose reducer averages gradients only inside ``loss.backward()`` and insists tha
 parameter gets one; TRPO's ``torch.autograd.grad`` products bypass it. :class:`MetaRLDDPStrategy`
 is Lightning's DDP strategy (process group, launchers, rank-0 logging and checkpointing) without
 that wrapper: the module does the averaging above itself. The CLI uses it for
-``--trainer.strategy ddp`` (and ``ddp_spawn``, ``ddp_fork``).
+``--trainer.strategy ddp``: Lightning re-runs the command once per further process (torchrun and
+SLURM start the processes themselves).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 
+from lightning_metarl.errors import ConfigError
 from lightning_metarl.masking import standardize, valid, zero_padding
 
 
@@ -157,20 +159,28 @@ class MetaRLDDPStrategy(DDPStrategy):
 
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:
-        """Register as ``metarl_ddp`` (and ``metarl_ddp_spawn``)."""
+        """Register as ``metarl_ddp``."""
         strategy_registry.register(cls.strategy_name, cls, description="DDP without the DDP module wrapper (lightning_metarl)")
-        strategy_registry.register(f"{cls.strategy_name}_spawn", cls, description="as metarl_ddp, spawned processes",
-                                   start_method="spawn")
 
 
-#: Lightning's DDP strategy names that the CLI runs with :class:`MetaRLDDPStrategy` (same launcher).
-DDP_NAMES = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+#: Lightning's DDP strategies that start processes by pickling or forking the module: its envs
+#: hold MuJoCo thread pools, which can be neither.
+UNSUPPORTED_DDP = ("ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
 def meta_rl_strategy(strategy: Any) -> Any:
-    """``strategy`` with Lightning's DDP names (:data:`DDP_NAMES`) replaced by a :class:`MetaRLDDPStrategy` of the same launcher."""
-    if isinstance(strategy, str) and strategy in DDP_NAMES:
-        return MetaRLDDPStrategy(start_method=DDP_NAMES[strategy])
+    """``strategy`` with ``"ddp"`` replaced by a :class:`MetaRLDDPStrategy` (the same launcher: the command is re-run per process).
+
+    Raises:
+        ConfigError: for the DDP variants that pickle or fork the module (:data:`UNSUPPORTED_DDP`).
+    """
+    if strategy == "ddp":
+        return MetaRLDDPStrategy()
+    if isinstance(strategy, str) and strategy in UNSUPPORTED_DDP:
+        raise ConfigError(
+            f"trainer.strategy {strategy!r} is not supported: it starts processes by pickling or forking the module, "
+            f"whose envs hold MuJoCo thread pools; use --trainer.strategy ddp (or torchrun / SLURM)"
+        )
     return strategy
 
 

@@ -177,6 +177,9 @@ def test_lightning_switches_work_or_fail_on_one_screen(in_tmp: Path, capsys):
     if not torch.cuda.is_available():
         err = run_main_expecting_exit(capsys, [*base, "--trainer.accelerator", "gpu"])
         assert "gpu" in err.lower() and "Traceback" not in err
+    err = run_main_expecting_exit(capsys, [*base, "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2"])
+    assert "ddp_spawn" in err and "--trainer.strategy ddp" in err and "Traceback" not in err
+    assert not (in_tmp / "runs" / "bad").exists()
     blocker = in_tmp / "a_file"
     blocker.write_text("not a folder")
     err = run_main_expecting_exit(capsys, [*base, "--trainer.logger.init_args.save_dir", str(blocker / "runs")])
