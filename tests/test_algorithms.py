@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from lightning_metarl.algorithms import EMAML, MAML, MetaBatch, MetaRLModule, ProMP
-from lightning_metarl.objectives import likelihood_ratio_loss, lvc_loss
+from lightning_metarl.algorithms import CAVIA, EMAML, MAESN, MAML, LatentSpace, MetaBatch, MetaRLModule, ProMP
+from lightning_metarl.objectives import likelihood_ratio_loss, lvc_loss, per_task_mean
 
 SIZES = dict(meta_batch_size=3, rollouts_per_task=4, horizon=8, env_kwargs={"reward_type": "dense"})
 
@@ -123,6 +125,24 @@ def test_maml_trpo_update_respects_the_trust_region(cls):
     surrogate_after = outer_loss(module, meta_batch).item()
     assert surrogate_after < surrogate_before
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+@pytest.mark.parametrize("cls, kwargs", [(CAVIA, {}), (MAESN, {"num_train_tasks": 5}), (LatentSpace, {"num_train_tasks": 5})],
+                         ids=["cavia", "maesn", "latent_space"])
+def test_trpo_trust_region_holds_for_policies_outside_the_fast_state(cls, kwargs):
+    """CAVIA, MAESN and LatentSpace adapt inputs, not weights: the KL must still see theta move."""
+    module = build(cls, outer_optimizer="trpo", max_kl=1e-3, **kwargs)
+    meta_batch = collect_batches(module)
+    before = copy.deepcopy(module)  # the policy that collected the post-update batch
+    metrics = module.meta_update(meta_batch)
+    assert metrics["trpo/accepted"] == 1.0
+    post = meta_batch.post_update
+    old_state, new_state = (m.adapt(meta_batch.pre_update, create_graph=False) for m in (before, module))
+    with torch.no_grad():
+        old, new = before.distribution(old_state, post), module.distribution(new_state, post)
+    kl = per_task_mean(torch.distributions.kl_divergence(old, new), post.get("mask")).mean().item()
+    assert 0 < kl <= 1e-3 * 1.001
+    assert metrics["kl/post_update"].item() == pytest.approx(kl, rel=1e-3)
 
 
 def test_emaml_term_changes_the_meta_gradient_only_through_the_pre_update_policy():

@@ -222,12 +222,29 @@ class GradientMetaRLModule(MetaRLModule):
         """The adapted fast state after one inner step on each of ``batches`` in turn."""
         return self.adaptation_path(batches, create_graph)[-1]
 
-    def kl(self, old_state: TensorDictBase, new_state: TensorDictBase, batch: TensorDictBase, phase: str = "exploit") -> torch.Tensor:
-        """Per-task mean ``KL(pi_old(.|s) || pi_new(.|s))`` over the batch's valid states, ``[n_tasks]``."""
-        with torch.no_grad():
-            old = self.distribution(old_state.detach(), batch, phase)
+    def kl(self, old_state: TensorDictBase | DiagGaussian, new_state: TensorDictBase, batch: TensorDictBase,
+           phase: str = "exploit") -> torch.Tensor:
+        """Per-task mean ``KL(pi_old(.|s) || pi_new(.|s))`` over the batch's valid states, ``[n_tasks]``.
+
+        ``old_state`` is the fast state of ``pi_old`` (evaluated with the current shared
+        parameters where it holds none), or ``pi_old``'s distribution on the batch itself
+        (:meth:`fixed_distribution`, taken before an update moved the parameters), which a caller
+        evaluating many KLs to the same policy also computes only once.
+        """
+        old = old_state if isinstance(old_state, DiagGaussian) else self.fixed_distribution(old_state, batch, phase)
         new = self.distribution(new_state, batch, phase)
         return per_task_mean(torch.distributions.kl_divergence(old, new), batch.get("mask"))
+
+    def fixed_distribution(self, fast_state: TensorDictBase, batch: TensorDictBase, phase: str = "exploit") -> DiagGaussian:
+        """A copy of :meth:`distribution` now (no gradient), which later updates of the parameters leave as it is.
+
+        Where the fast state holds no ``"params"`` (CAVIA's context, MAESN's latents, MAME's
+        ``z``), :meth:`distribution` reads the shared parameters as they are when it is called:
+        take this before an update to keep the policy that collected ``batch``.
+        """
+        with torch.no_grad():
+            current = self.distribution(fast_state.detach(), batch, phase)
+            return DiagGaussian(current.loc.clone(), current.log_std.clone())
 
     # ------------------------------------------------------------------ meta-test protocol
     def meta_test_env(self) -> BatchedMetaEnv:

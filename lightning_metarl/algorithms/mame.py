@@ -269,6 +269,8 @@ class MAME(GradientMetaRLModule):
             metrics["exploration/reward_mean"] = per_task_mean(rewards, mask).mean()
             metrics["exploration/reward_abs_mean"] = per_task_mean(rewards.abs(), mask).mean()
         before, after = meta_batch.fast_states[0], meta_batch.fast_states[-1]
+        # z' alone does not hold the policy: keep the one that collected, before the outer steps move theta
+        collecting = self.fixed_distribution(after, meta_batch.post_update)
         with torch.no_grad():
             metrics["self_supervision/loss_before"] = self.inner_loss(before, explore).mean()
             metrics["self_supervision/loss_after"] = self.inner_loss(after, explore).mean()
@@ -290,5 +292,5 @@ class MAME(GradientMetaRLModule):
             metrics["loss/exploration"] = history[-1]["loss_exploration"]
             metrics["ppo/exploration_clip_fraction"] = history[-1]["exploration_clip_fraction"]
         adapted = self.adapt(meta_batch.pre_update, create_graph=False)
-        metrics["kl/post_update"] = self.kl(after, adapted, meta_batch.post_update).mean().detach()
+        metrics["kl/post_update"] = self.kl(collecting, adapted, meta_batch.post_update).mean().detach()
         return metrics

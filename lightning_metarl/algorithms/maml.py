@@ -136,15 +136,23 @@ class MAML(GradientMetaRLModule):
     def trpo_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
         """A trust-region step on all meta-parameters, surrogate and KL computed through the inner step."""
         hp = self.hparams
-        collecting = meta_batch.fast_states[-1]
+        post = meta_batch.post_update
+        collecting = self.fixed_distribution(meta_batch.fast_states[-1], post)
 
         def path() -> list[TensorDictBase]:
             return self.adaptation_path(meta_batch.pre_update)
 
+        def evaluate() -> tuple[torch.Tensor, torch.Tensor]:
+            # the line search's values: one inner step, without the graph a meta-gradient needs
+            states = self.adaptation_path(meta_batch.pre_update, create_graph=False)
+            with torch.no_grad():
+                return self.outer_loss(meta_batch, states), self.kl(collecting, states[-1], post).mean()
+
         info = trpo_step(
             list(self.parameters()),
             lambda: self.outer_loss(meta_batch, path()),
-            lambda: self.kl(collecting, path()[-1], meta_batch.post_update).mean(),
+            lambda: self.kl(collecting, path()[-1], post).mean(),
+            evaluate_fn=evaluate,
             max_kl=hp.max_kl,
             cg_iterations=hp.cg_iterations,
             damping=hp.cg_damping,

@@ -11,6 +11,7 @@ from lightning_metarl import distributed
 from lightning_metarl.algorithms.gradient import GradientMetaRLModule
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.errors import ConfigError
+from lightning_metarl.nn import DiagGaussian
 from lightning_metarl.objectives import (
     KLPenaltyCoefficient,
     clip_fraction,
@@ -79,16 +80,19 @@ class ProMP(GradientMetaRLModule):
             self.log_prob(fast_state, batch, "explore"), batch.get("action_log_prob"), batch.get("advantage"), batch.get("mask")
         )
 
-    def loss_terms(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
+    def loss_terms(self, meta_batch: MetaBatch, sampling: list[DiagGaussian] | None = None) -> dict[str, torch.Tensor]:
         """ProMP's loss terms at the current theta: ``loss_objective``, ``loss_inner_kl`` and diagnostics.
 
-        ``inner_kl`` (``[n_steps]``, detached) is what :meth:`KLPenaltyCoefficient.update` takes;
-        ``clip_fraction`` the share of post-update samples outside the clip range.
+        ``sampling`` holds the distributions of the policies that collected the pre-update
+        batches (:meth:`sampling_distributions`, taken before the outer steps; computed here if
+        not given). ``inner_kl`` (``[n_steps]``, detached) is what
+        :meth:`KLPenaltyCoefficient.update` takes; ``clip_fraction`` the share of post-update
+        samples outside the clip range.
         """
         path = self.adaptation_path(meta_batch.pre_update)
+        sampling = self.sampling_distributions(meta_batch) if sampling is None else sampling
         inner_kl = torch.stack(
-            [self.kl(old, new, batch, "explore")
-             for old, new, batch in zip(meta_batch.fast_states, path, meta_batch.pre_update)],
+            [self.kl(old, new, batch, "explore") for old, new, batch in zip(sampling, path, meta_batch.pre_update)],
             dim=-1,
         )
         post = meta_batch.post_update
@@ -101,19 +105,26 @@ class ProMP(GradientMetaRLModule):
             "clip_fraction": clip_fraction(log_prob, old_log_prob, mask, epsilon).mean(),
         }
 
+    def sampling_distributions(self, meta_batch: MetaBatch) -> list[DiagGaussian]:
+        """The distributions of the policies that collected each pre-update batch, on its states (fixed copies)."""
+        return [self.fixed_distribution(state, batch, "explore")
+                for state, batch in zip(meta_batch.fast_states, meta_batch.pre_update)]
+
     def meta_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
         """``num_outer_steps`` Adam steps on the ProMP loss, then the adaptive-eta update."""
         optimizer = self.optimizers()
         history = []
+        sampling = self.sampling_distributions(meta_batch)
+        collecting = self.fixed_distribution(meta_batch.fast_states[-1], meta_batch.post_update)
         for _ in range(self.hparams.num_outer_steps):
-            terms = self.loss_terms(meta_batch)
+            terms = self.loss_terms(meta_batch, sampling)
             loss = terms["loss_objective"] + terms["loss_inner_kl"]
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()
             history.append({name: value.detach() for name, value in terms.items()})
         adapted = self.adapt(meta_batch.pre_update, create_graph=False)
-        post_kl = self.kl(meta_batch.fast_states[-1], adapted, meta_batch.post_update).mean().detach()
+        post_kl = self.kl(collecting, adapted, meta_batch.post_update).mean().detach()
         coefficient = self.kl_coefficient
         inner_kl = history[-1]["inner_kl"]
         metrics = {

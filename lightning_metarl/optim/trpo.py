@@ -139,6 +139,7 @@ def trpo_step(
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 15,
     reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
+    evaluate_fn: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> TRPOStepInfo:
     """One trust-region step on ``params`` in place: minimise ``loss_fn`` subject to ``kl_fn() <= max_kl``.
 
@@ -172,6 +173,10 @@ def trpo_step(
             multi-process run (:func:`~lightning_metarl.distributed.all_reduce_mean`): applied to
             the gradient, every Hessian-vector product and every loss and KL value, so that
             processes holding shares of the meta-batch take the one step of the whole batch.
+        evaluate_fn: optional closure returning ``(loss, kl)`` at the current parameter values,
+            the same numbers as ``loss_fn`` and ``kl_fn`` but without what differentiating them
+            needs (no graph through an inner step, work the two share done once). The line
+            search, which only compares values, calls it instead of the two closures.
     """
     params = list(params)
     start = torch.cat([p.detach().reshape(-1) for p in params]).clone()
@@ -196,8 +201,9 @@ def trpo_step(
     for k in range(max_backtracks):
         fraction = backtrack_ratio**k
         _set_flat(params, start + fraction * full_step)
-        loss_new = float(reduce(loss_fn().detach()))
-        kl_new = float(reduce(kl_fn().detach()))
+        loss_value, kl_value = (loss_fn(), kl_fn()) if evaluate_fn is None else evaluate_fn()
+        loss_new = float(reduce(loss_value.detach()))
+        kl_new = float(reduce(kl_value.detach()))
         if math.isfinite(loss_new) and math.isfinite(kl_new) and loss_new < loss_before and kl_new <= max_kl:
             return TRPOStepInfo(True, loss_before, loss_new, kl_new, fraction, k + 1, expected_improvement)
     return rejected(max_backtracks)
