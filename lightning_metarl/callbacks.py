@@ -14,10 +14,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_metarl import distributed
 from lightning_metarl.errors import ConfigError
 
 
@@ -43,6 +45,7 @@ class IterationCheckpoint(Callback):
                               f"got {every_n_iterations!r}")
         self.every_n_iterations = every_n_iterations
         self._previous_sigint: Any = None
+        self._stop_requested = False
 
     @staticmethod
     def last_path(trainer: Trainer) -> Path | None:
@@ -79,24 +82,25 @@ class IterationCheckpoint(Callback):
             self._previous_sigint = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """With several processes, make SIGTERM only raise a flag (Lightning's handler calls a collective).
+        """With several processes, make SIGTERM only raise a flag that all ranks act on together.
 
-        Lightning's SIGTERM handler broadcasts from rank 0 inside the handler, at whatever point
-        the signal lands; a rank inside the meta-update's all-reduces then waits forever. Here
-        the handler records the signal and passes it on to the processes the launcher started,
-        and Lightning's check between meta-iterations (rank 0's flag, broadcast by every rank
-        at the same point) stops all ranks together, after which :meth:`on_exception` writes
-        ``last.ckpt`` from all of them.
+        Lightning's own handler broadcasts from inside the signal handler, and its loops check
+        the flag on each rank separately, so ranks that learn of the signal at different times
+        end up in different collectives and wait forever. Here the handler records the signal
+        (and passes it on to the processes the launcher started); at the end of every
+        meta-iteration :meth:`on_train_batch_end` combines the ranks' flags, and if any is set
+        it sets Lightning's on all ranks at the same point, so they stop together after that
+        iteration and :meth:`on_exception` writes ``last.ckpt`` from all of them.
         """
+        self._stop_requested = False
         if trainer.world_size == 1:
             return
-        connector = trainer._signal_connector
 
         def record(signum: int, frame: Any) -> None:
             launcher = trainer.strategy.launcher
-            if not connector.received_sigterm and launcher is not None:
+            if not self._stop_requested and launcher is not None:
                 launcher.kill(signum)
-            connector.received_sigterm = True
+            self._stop_requested = True
 
         try:
             signal.signal(signal.SIGTERM, record)
@@ -109,6 +113,11 @@ class IterationCheckpoint(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         """Every ``every_n_iterations`` meta-iterations (except at an epoch's end, which has its own checkpoint)."""
+        if trainer.world_size > 1:
+            requested = torch.tensor(1.0 if self._stop_requested else 0.0)
+            if float(distributed.all_reduce_mean(requested)) > 0:  # every rank, at the same point
+                trainer._signal_connector.received_sigterm = True
+                return  # Lightning stops after this iteration; on_exception writes last.ckpt
         every = self.every_n_iterations
         iteration = int(pl_module.iteration)
         end_of_epoch = iteration % pl_module.hparams.iterations_per_epoch == 0
