@@ -48,13 +48,20 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """The mean of ``tensor`` over all ranks (a new tensor, the same on every rank); ``tensor`` itself with one process."""
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over all ranks (a new tensor, the same on every rank); ``tensor`` itself with one process."""
     if world_size() == 1:
         return tensor
     total = tensor.detach().to(_communication_device(), copy=True)
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return (total / world_size()).to(tensor.device)
+    return total.to(tensor.device)
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over all ranks (a new tensor, the same on every rank); ``tensor`` itself with one process."""
+    if world_size() == 1:
+        return tensor
+    return all_reduce_sum(tensor) / world_size()
 
 
 def _communication_device() -> torch.device:
@@ -104,11 +111,10 @@ def standardize_over_ranks(x: torch.Tensor, mask: torch.Tensor | None = None, ep
     if world_size() == 1:
         return standardize(x, mask, None, eps)
     ok = valid(mask)
-    size = world_size()
-    count = all_reduce_mean(ok.to(x.dtype).sum()) * size
-    mean = all_reduce_mean(zero_padding(x, ok).sum()) * size / count.clamp_min(1)
+    count = all_reduce_sum(ok.to(x.dtype).sum()).clamp_min(1)
+    mean = all_reduce_sum(zero_padding(x, ok).sum()) / count
     centered = zero_padding(x - mean, ok)
-    var = all_reduce_mean(centered.pow(2).sum()) * size / count.clamp_min(1)
+    var = all_reduce_sum(centered.pow(2).sum()) / count
     return centered / (var.sqrt() + eps)
 
 

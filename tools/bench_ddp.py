@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from lightning_metarl.envs.mujoco_env import available_cpus
 from lightning_metarl.evaluation import read_scalars
 
 #: The keys of the JSON line, in order.
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.processes < 2 or args.iterations < 1 or args.warmup < 0:
         parser.error("--processes must be at least 2, --iterations positive and --warmup non-negative")
     result = run(args.config, args.processes, args.iterations, args.warmup, overrides)
-    print(f"{result['tasks']} tasks per meta-iteration, CPUs available: {len(os.sched_getaffinity(0))}")
+    print(f"{result['tasks']} tasks per meta-iteration, CPUs available: {available_cpus()}")
     print(f"  1 process:             {result['one_process_iteration_s']:8.2f} s/iteration")
     print(f"  {args.processes} processes (DDP, gloo): {result['processes_iteration_s']:8.2f} s/iteration")
     print(f"  speed-up:              {result['speedup']:8.2f}x")

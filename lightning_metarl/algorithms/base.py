@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from lightning_metarl import distributed, envs
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.data import add_advantages, collect
 from lightning_metarl.envs.base import BatchedMetaEnv
+from lightning_metarl.envs.mujoco_env import available_cpus
 from lightning_metarl.errors import CheckpointError, ConfigError, NonFiniteUpdateError
 from lightning_metarl.evaluation.figures import trajectory_image
 from lightning_metarl.nn import GaussianMLPPolicy, PolicyActor
@@ -251,7 +251,7 @@ class MetaRLModule(LightningModule):
         self.iteration += 1
         metrics["health/skipped_updates"] = self.skipped_updates.float()
         resets = torch.tensor(float(self.env_resets() - resets_before))
-        metrics["health/env_resets_nonfinite"] = distributed.all_reduce_mean(resets) * distributed.world_size()  # all ranks'
+        metrics["health/env_resets_nonfinite"] = distributed.all_reduce_sum(resets)  # all ranks'
         self.log_iteration(meta_batch, metrics, time.perf_counter() - start)
 
     def env_resets(self) -> int:
@@ -418,10 +418,9 @@ class MetaRLModule(LightningModule):
             )
         self._offset_generators(distributed.rank())
         if "num_threads" not in (self.hparams.env_kwargs or {}):
-            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             for env in self.physics_envs().values():
                 if hasattr(env, "set_num_threads"):
-                    env.set_num_threads(max(1, cpus // max(1, self.trainer.num_devices)))
+                    env.set_num_threads(max(1, available_cpus() // max(1, self.trainer.num_devices)))
         if stage == "fit" and distributed.rank() == 0:
             print(f"{size} processes x meta_batch_size {self.hparams.meta_batch_size} = "
                   f"{size * self.hparams.meta_batch_size} tasks per meta-iteration; gradients averaged over processes")

@@ -72,6 +72,11 @@ _CONTACT_NETFORCE = 3
 _CONTACT_DIM = 15
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS tells it): the default size of the physics pool."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def add_contact_sensors(spec: mujoco.MjSpec) -> None:
     """Add the sensors from which :func:`contact_wrenches` rebuilds ``cfrc_ext``.
 
@@ -250,7 +255,7 @@ class MujocoMetaEnv(BatchedMetaEnv):
         if isinstance(action_scale, bool) or not isinstance(action_scale, (int, float)) or not action_scale > 0:
             raise ConfigError(f"{family}: action_scale must be a positive number, got {action_scale!r}")
         if num_threads is None:
-            num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            num_threads = available_cpus()
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
             raise ConfigError(f"{family}: num_threads must be a positive integer, got {num_threads!r}")
         self.model = self.base_model()
