@@ -10,6 +10,7 @@ from tensordict import TensorDict
 from lightning_metarl.algorithms import MAME
 from lightning_metarl.algorithms.mame import TARGET
 from lightning_metarl.data.returns import window_mean
+from lightning_metarl.errors import ConfigError
 from lightning_metarl.objectives import per_task_mean
 
 N_TASKS, ROLLOUTS, HORIZON = 3, 4, 10
@@ -170,6 +171,38 @@ def test_each_ablation_changes_the_piece_it_names(switch: str, value: str):
             assert torch.equal(advantages, per_task[:, None, None].expand_as(advantages) * explore["mask"])
             torch.testing.assert_close(per_task.mean(), torch.tensor(0.0), atol=1e-6, rtol=0)
         assert not torch.allclose(advantages, base.exploration_advantages(meta_batch))
+
+
+@pytest.mark.parametrize("learn_inner_lr", [False, True])
+def test_max_grad_norm_clips_each_network_on_its_own(learn_inner_lr: bool):
+    module = tiny_mame(max_grad_norm=0.5, learn_inner_lr=learn_inner_lr)
+    networks = module.networks()
+    assert set(networks) == {"exploitation_policy", "exploration_policy", "self_supervision"} | (
+        {"inner_step_sizes"} if learn_inner_lr else set())
+    assert sum(len(params) for params in networks.values()) == len(list(module.parameters()))  # every parameter, once
+    generator = torch.Generator().manual_seed(0)
+    scales = {"exploitation_policy": 10.0, "exploration_policy": 0.01, "self_supervision": 3.0, "inner_step_sizes": 2.0}
+    for name, params in networks.items():
+        for p in params:
+            p.grad = scales[name] * torch.randn(p.shape, generator=generator)
+    before = {name: [p.grad.clone() for p in params] for name, params in networks.items()}
+    largest = module.clip_gradients_per_network()
+
+    def norm(grads):
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+    assert largest == max(norm(grads) for grads in before.values())
+    for name, params in networks.items():
+        old, new = before[name], [p.grad for p in params]
+        if norm(old) <= 0.5:  # left alone
+            assert all(torch.equal(a, b) for a, b in zip(old, new))
+        else:  # rescaled as a whole to norm 0.5, direction kept
+            torch.testing.assert_close(norm(new), torch.tensor(0.5), rtol=1e-5, atol=0)
+            factor = norm(new) / norm(old)
+            for a, b in zip(old, new):
+                torch.testing.assert_close(b, a * factor)
+    with pytest.raises(ConfigError, match="max_grad_norm"):
+        tiny_mame(max_grad_norm=0.0)
 
 
 def test_resume_equals_an_uninterrupted_run(in_tmp):

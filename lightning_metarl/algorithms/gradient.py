@@ -148,12 +148,14 @@ class GradientMetaRLModule(MetaRLModule):
 
         Parameters come from ``fast_state["params"]`` if present (else the shared ones); each
         policy input is read from ``fast_state`` if it holds it, else from ``batch``.
-        Differentiable in the fast state and the meta-parameters.
+        Differentiable in the fast state and the meta-parameters. With shared parameters only
+        the batch's valid steps are evaluated (mean and log-std 0 on its padding, see
+        :func:`~lightning_metarl.nn.functional.on_valid_steps`).
         """
         policy = self.phase_policy(phase)
         params = self.phase_params(fast_state, policy)
         inputs = [fast_state.get(k) if k in fast_state.keys() else batch.get(k) for k in policy.in_keys]
-        return distribution_per_task(policy, params, inputs)
+        return distribution_per_task(policy, params, inputs, batch.get("mask", None))
 
     def log_prob(self, fast_state: TensorDictBase, batch: TensorDictBase, phase: str = "exploit") -> torch.Tensor:
         """``log pi(a|s)`` of the batch's actions under ``fast_state``, ``[n_tasks, rollouts, T]``, differentiable."""

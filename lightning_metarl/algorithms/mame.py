@@ -90,6 +90,9 @@ class MAME(GradientMetaRLModule):
         clip_epsilon: PPO clip range of both surrogates (authors' code 0.2).
         num_outer_steps: Adam steps per meta-iteration on the same batches (authors' code 5).
         feature_size: size of the self-supervision features ``m_beta``.
+        max_grad_norm: if set, before every Adam step the gradient of each network (``theta``,
+            ``phi``, ``beta`` with ``w_beta``, and the learned step sizes) is rescaled to at most
+            this 2-norm (the authors' code: 0.5 per network; the paper does not clip: ``None``).
         **kwargs: see :class:`~lightning_metarl.algorithms.gradient.GradientMetaRLModule`
             (``hidden_sizes`` and ``activation`` shape all three networks).
     """
@@ -105,6 +108,7 @@ class MAME(GradientMetaRLModule):
         clip_epsilon: float = 0.2,
         num_outer_steps: int = 5,
         feature_size: int = 64,
+        max_grad_norm: float | None = None,
         **kwargs: Any,
     ) -> None:
         for name, value in (("latent_size", latent_size), ("n_step", n_step), ("num_outer_steps", num_outer_steps),
@@ -118,6 +122,8 @@ class MAME(GradientMetaRLModule):
                 raise ConfigError(f"model.{name} must be one of {list(kind.__args__)}, got {value!r}")
         if not clip_epsilon > 0:
             raise ConfigError(f"model.clip_epsilon must be positive, got {clip_epsilon}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ConfigError(f"model.max_grad_norm must be positive or null, got {max_grad_norm}")
         kwargs.setdefault("outer_lr", 7e-4)
         super().__init__(*args, **kwargs)
         hp = self.hparams
@@ -258,6 +264,21 @@ class MAME(GradientMetaRLModule):
             terms["exploration_clip_fraction"] = clip_fraction(log_mu, old_mu, mask, epsilon).mean()
         return terms
 
+    def networks(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The parameters of each network the outer update trains, by name (what ``max_grad_norm`` clips separately)."""
+        groups = {"exploitation_policy": list(self.policy.parameters()),
+                  "exploration_policy": list(self.exploration_policy.parameters()),
+                  "self_supervision": list(self.self_supervision.parameters())}
+        if self.inner_step_sizes is not None:
+            groups["inner_step_sizes"] = list(self.inner_step_sizes.values(True, True))
+        return groups
+
+    def clip_gradients_per_network(self) -> torch.Tensor:
+        """Rescale each network's gradient to at most ``max_grad_norm`` (2-norm); returns the largest norm before clipping."""
+        norms = [torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.hparams.max_grad_norm)
+                 for params in self.networks().values()]
+        return torch.stack(norms).max()
+
     def meta_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
         """``num_outer_steps`` Adam steps on the exploitation and exploration PPO losses."""
         explore = meta_batch.pre_update[0]
@@ -282,6 +303,8 @@ class MAME(GradientMetaRLModule):
             loss = sum(value for name, value in terms.items() if name.startswith("loss_"))
             optimizer.zero_grad()
             self.manual_backward(loss)
+            if self.hparams.max_grad_norm is not None:
+                metrics["grad_norm/before_clipping"] = self.clip_gradients_per_network()
             optimizer.step()
             history.append({name: value.detach() for name, value in terms.items()})
         metrics["loss/outer"] = sum(v for k, v in history[-1].items() if k.startswith("loss_"))

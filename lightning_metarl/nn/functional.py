@@ -10,7 +10,8 @@ the policy's output in a :class:`~lightning_metarl.nn.distributions.DiagGaussian
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -43,9 +44,53 @@ def call_per_task(module: nn.Module, params: TensorDictBase, *args: torch.Tensor
     return torch.vmap(apply, in_dims=(0,) * (1 + len(args)), randomness="error")(params, *args)
 
 
-def distribution_per_task(policy: nn.Module, params: TensorDictBase, inputs: Sequence[torch.Tensor]) -> DiagGaussian:
-    """The action distribution of ``policy`` (which returns ``(mean, log_std)``) under ``params`` for ``inputs``."""
-    mean, log_std = call_per_task(policy, params, *inputs)
+def on_valid_steps(fn: Callable[..., Any], inputs: Sequence[torch.Tensor], mask: torch.Tensor | None) -> Any:
+    """``fn(*inputs)`` evaluated on the valid steps of ``mask`` only, with 0 on the padding.
+
+    ``inputs[0]`` is ``[*B, d0]`` with ``B = mask.shape`` (e.g. ``[n_tasks, rollouts, T]``); every
+    other input is ``[*P, d]`` with ``P`` a prefix of ``B`` (one latent per task or per episode).
+    Where some step is padding, the valid rows of every input are gathered into ``[N, d]``
+    tensors (``N`` valid steps), ``fn`` is called on them, and each output ``[N, *k]`` (a tensor
+    or a tuple of tensors) is scattered back to ``[*B, *k]`` with 0 on the padding: the networks
+    of an outer update need not compute the steps after an early termination, which are masked
+    anyway. Each valid row gets the value of evaluating it alone; differentiable (also twice,
+    and in forward mode). Without padding (or ``mask=None``) ``fn`` gets the inputs as they are.
+    """
+    if mask is None:
+        return fn(*inputs)
+    ok = mask if mask.dtype == torch.bool else mask != 0
+    if bool(ok.all()):
+        return fn(*inputs)
+    batch = ok.shape
+    rows = ok.reshape(-1).nonzero().squeeze(-1)
+    gathered = []
+    for x in inputs:
+        prefix = x.shape[:-1]
+        if tuple(batch[: len(prefix)]) != tuple(prefix):
+            raise ValueError(f"input of shape {list(x.shape)} does not broadcast to the mask's {list(batch)}")
+        inner = math.prod(batch[len(prefix):])
+        gathered.append(x.reshape(-1, x.shape[-1]).index_select(0, rows if inner == 1 else rows // inner))
+    outputs = fn(*gathered)
+
+    def scatter(y: torch.Tensor) -> torch.Tensor:
+        full = y.new_zeros((math.prod(batch), *y.shape[1:]))
+        return full.index_copy(0, rows, y).view(*batch, *y.shape[1:])
+
+    return tuple(scatter(y) for y in outputs) if isinstance(outputs, tuple) else scatter(outputs)
+
+
+def distribution_per_task(policy: nn.Module, params: TensorDictBase, inputs: Sequence[torch.Tensor],
+                          mask: torch.Tensor | None = None) -> DiagGaussian:
+    """The action distribution of ``policy`` (which returns ``(mean, log_std)``) under ``params`` for ``inputs``.
+
+    With shared ``params`` (batch size ``[]``) and a ``mask`` of the inputs' steps, the policy is
+    evaluated on the valid steps only (:func:`on_valid_steps`; mean and log-std 0 on the padding).
+    Per-task parameters evaluate every step.
+    """
+    if params.batch_dims == 0:
+        mean, log_std = on_valid_steps(lambda *xs: call_per_task(policy, params, *xs), inputs, mask)
+    else:
+        mean, log_std = call_per_task(policy, params, *inputs)
     return DiagGaussian(mean, log_std)
 
 

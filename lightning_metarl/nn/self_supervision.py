@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lightning_metarl.data.returns import window_mean
+from lightning_metarl.nn.functional import on_valid_steps
 from lightning_metarl.nn.policy import concat_inputs, mlp
 
 
@@ -51,9 +52,14 @@ class SelfSupervisionNetwork(nn.Module):
 
     def forward(self, observation: torch.Tensor, action: torch.Tensor, latent: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
-        """Predictions ``[..., T, target_dim]`` for ``[..., T, *]`` states and actions; ``latent`` may be per task."""
-        features = self.features(concat_inputs([observation, action, latent]))
-        if self.target_dim <= features.shape[-1]:
+        """Predictions ``[..., T, target_dim]`` for ``[..., T, *]`` states and actions; ``latent`` may be per task.
+
+        ``m_beta`` runs on the valid steps of ``mask`` only (0 on padding, which the window excludes).
+        """
+        inputs = [observation, action, latent]
+        if self.target_dim <= self.head.in_features:
             # w^T (window mean of m) = window mean of (w^T m): average the narrower of the two
-            return window_mean(self.head(features), mask, self.window)
+            per_step = on_valid_steps(lambda *xs: self.head(self.features(concat_inputs(xs))), inputs, mask)
+            return window_mean(per_step, mask, self.window)
+        features = on_valid_steps(lambda *xs: self.features(concat_inputs(xs)), inputs, mask)
         return self.head(window_mean(features, mask, self.window))
