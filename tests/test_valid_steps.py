@@ -8,10 +8,16 @@ from meta_gradients import double_meta_batch
 
 import lightning_metarl.nn.functional as functional
 import lightning_metarl.nn.self_supervision as self_supervision
-from lightning_metarl.algorithms import MAME
+from lightning_metarl.algorithms import MAME, MAML, ProMP
 from lightning_metarl.masking import zero_padding
-from lightning_metarl.nn import GaussianMLPPolicy, module_params, on_valid_steps
-from lightning_metarl.nn.functional import distribution_per_task
+from lightning_metarl.nn import (
+    GaussianMLPPolicy,
+    call_per_task,
+    distribution_per_task,
+    module_params,
+    on_valid_steps,
+    on_valid_steps_per_task,
+)
 
 N_TASKS, ROLLOUTS, T = 3, 4, 6
 
@@ -47,29 +53,40 @@ def test_values_are_those_of_every_step_and_zero_on_padding():
     torch.testing.assert_close(on_valid_steps(net, inputs, None)[0], full_mean, rtol=0, atol=0)
 
 
-def test_first_second_and_forward_mode_derivatives_match_every_step():
+def per_task_params(net: GaussianMLPPolicy):
+    """The policy's parameters made different for every task (leaves that require grad)."""
+    generator = torch.Generator().manual_seed(2)
+    return module_params(net).detach().expand(N_TASKS).apply(
+        lambda p: (p + 0.1 * torch.randn(p.shape, generator=generator, dtype=p.dtype)).requires_grad_(True)
+    )
+
+
+@pytest.mark.parametrize("per_task", [False, True], ids=["shared_params", "per_task_params"])
+def test_first_second_and_forward_mode_derivatives_match_every_step(per_task: bool):
     inputs, mask = padded_inputs()
     net = policy()
+    params = per_task_params(net) if per_task else module_params(net)
     action = torch.randn(N_TASKS, ROLLOUTS, T, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    weights = list(net.parameters())
+    weights = list(params.values(True, True))
 
-    def objective(evaluate, per_task):
-        dist = evaluate([inputs[0], per_task, inputs[2]])
+    def objective(evaluate, task_input):
+        dist = evaluate([inputs[0], task_input, inputs[2]])
         return zero_padding(dist.log_prob(action), mask).sum()
 
     def compact(xs):
-        return distribution_per_task(net, module_params(net), xs, mask)
+        return distribution_per_task(net, params, xs, mask)
 
     def every_step(xs):
-        return distribution_per_task(net, module_params(net), xs)
+        return distribution_per_task(net, params, xs)
 
-    per_task = inputs[1]
+    task_input = inputs[1]
     for evaluate in (compact, every_step):
         # an inner step on the per-task input, then a meta-gradient through it (second order)
-        (grad,) = torch.autograd.grad(objective(evaluate, per_task), [per_task], create_graph=True)
-        adapted = per_task + 0.1 * grad
+        (grad,) = torch.autograd.grad(objective(evaluate, task_input), [task_input], create_graph=True)
+        adapted = task_input + 0.1 * grad
         meta = torch.autograd.grad(objective(evaluate, adapted), weights)
-        _, tangent = torch.func.jvp(lambda z, evaluate=evaluate: objective(evaluate, z), (per_task.detach(),), (torch.ones_like(per_task),))
+        _, tangent = torch.func.jvp(lambda z, evaluate=evaluate: objective(evaluate, z), (task_input.detach(),),
+                                    (torch.ones_like(task_input),))
         if evaluate is compact:
             expected = (grad, meta, tangent)
         else:
@@ -79,41 +96,76 @@ def test_first_second_and_forward_mode_derivatives_match_every_step():
             torch.testing.assert_close(tangent, expected[2], rtol=1e-10, atol=1e-12)
 
 
+def test_per_task_values_are_those_of_every_step_and_zero_on_padding():
+    inputs, mask = padded_inputs()
+    mask[1] = False  # a task without a valid step
+    net = policy()
+    params = per_task_params(net)
+    mean, log_std = on_valid_steps_per_task(lambda *xs: call_per_task(net, params, *xs), inputs, mask)
+    full_mean, full_log_std = call_per_task(net, params, *inputs)
+    torch.testing.assert_close(mean, zero_padding(full_mean, mask.unsqueeze(-1)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(log_std, zero_padding(full_log_std, mask.unsqueeze(-1)), rtol=0, atol=0)
+    assert not mean[1].any()
+
+
 def test_a_mask_of_another_shape_is_refused():
     inputs, mask = padded_inputs()
     with pytest.raises(ValueError, match="does not broadcast"):
         on_valid_steps(policy(), inputs, mask[:, :2])
 
 
-@pytest.mark.parametrize("exploration_update", ["ppo", "dice"])
-def test_mame_outer_update_on_early_terminated_episodes_equals_evaluating_every_step(monkeypatch, exploration_update):
-    """Hopper falls early: MAME's losses, exploration rewards and meta-gradient on valid steps only equal those on every step."""
+ALGORITHMS = {
+    "mame": (MAME, {"latent_size": 4, "n_step": 5, "feature_size": 8}),
+    "mame_dice": (MAME, {"latent_size": 4, "n_step": 5, "feature_size": 8, "exploration_update": "dice"}),
+    "promp": (ProMP, {}),
+    "maml_trpo": (MAML, {"outer_optimizer": "trpo"}),
+}
+
+
+def outer_loss(module, meta_batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The algorithm's outer loss at the current parameters, and anything it derives from the batch first."""
+    if isinstance(module, MAME):
+        extra = []
+        if module.hparams.exploration_update == "ppo":
+            extra = [module.exploration_advantages(meta_batch)]
+            meta_batch.pre_update[0].set("exploration_advantage", extra[0])
+        terms = module.loss_terms(meta_batch)
+        return sum(v for k, v in terms.items() if k.startswith("loss_")), extra
+    if isinstance(module, ProMP):
+        terms = module.loss_terms(meta_batch)
+        return terms["loss_objective"] + terms["loss_inner_kl"], [terms["inner_kl"]]
+    path = module.adaptation_path(meta_batch.pre_update)
+    collecting = module.fixed_distribution(meta_batch.fast_states[-1], meta_batch.post_update)
+    kl = module.kl(collecting, path[-1], meta_batch.post_update).mean()
+    return module.outer_loss(meta_batch, path) + kl, [path[-1]["params"].flatten_keys(".")["mean_net.0.weight"]]
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_outer_losses_on_early_terminated_episodes_equal_evaluating_every_step(monkeypatch, name: str):
+    """Hopper falls early: losses, their inputs and meta-gradients on valid steps only equal those on every step."""
+    cls, kwargs = ALGORITHMS[name]
     torch.manual_seed(0)
-    module = MAME(env="Hopper-Rand-Params", meta_batch_size=2, rollouts_per_task=3, horizon=40, latent_size=4, n_step=5,
-                  hidden_sizes=[16], feature_size=8, exploration_update=exploration_update)
+    module = cls(env="Hopper-Rand-Params", meta_batch_size=2, rollouts_per_task=3, horizon=100, hidden_sizes=[16], **kwargs)
     meta_batch = double_meta_batch(module)
-    assert not meta_batch.pre_update[0]["mask"].all() and not meta_batch.post_update["mask"].all()  # padding to skip
+    for batch in meta_batch.batches:  # every task has padding to skip, in unequal amounts
+        valid_steps = batch["mask"].reshape(2, -1).sum(-1)
+        assert (valid_steps < batch["mask"][0].numel()).all() and valid_steps[0] != valid_steps[1]
 
     def evaluate() -> tuple[torch.Tensor, ...]:
         module.zero_grad()
-        advantages = module.exploration_advantages(meta_batch) if exploration_update == "ppo" else None
-        if advantages is not None:
-            meta_batch.pre_update[0].set("exploration_advantage", advantages)
-        terms = module.loss_terms(meta_batch)
-        loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
+        loss, extra = outer_loss(module, meta_batch)
         loss.backward()
         grads = [p.grad.clone() for p in module.parameters() if p.grad is not None]
-        values = [loss.detach()] + ([advantages] if advantages is not None else [])
-        return tuple(values + grads)
+        return tuple([loss.detach(), *(x.detach() for x in extra), *grads])
 
     compact = evaluate()
-    every_step = functional.on_valid_steps
 
-    def without_mask(fn, inputs, mask):
-        return every_step(fn, inputs, None)
+    def without_mask(compact_fn):
+        return lambda fn, inputs, mask: compact_fn(fn, inputs, None)
 
-    monkeypatch.setattr(functional, "on_valid_steps", without_mask)
-    monkeypatch.setattr(self_supervision, "on_valid_steps", without_mask)
+    monkeypatch.setattr(functional, "on_valid_steps", without_mask(functional.on_valid_steps))
+    monkeypatch.setattr(functional, "on_valid_steps_per_task", without_mask(functional.on_valid_steps_per_task))
+    monkeypatch.setattr(self_supervision, "on_valid_steps", functional.on_valid_steps)
     full = evaluate()
     assert len(compact) == len(full) > 3
     for a, b in zip(compact, full):

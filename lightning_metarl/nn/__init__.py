@@ -3,7 +3,13 @@
 from lightning_metarl.nn.actor import PolicyActor
 from lightning_metarl.nn.baseline import fit_linear_baseline, linear_baseline_features, linear_baseline_values
 from lightning_metarl.nn.distributions import DiagGaussian, gaussian_kl, gaussian_log_prob
-from lightning_metarl.nn.functional import call_per_task, distribution_per_task, module_params, on_valid_steps
+from lightning_metarl.nn.functional import (
+    call_per_task,
+    distribution_per_task,
+    module_params,
+    on_valid_steps,
+    on_valid_steps_per_task,
+)
 from lightning_metarl.nn.policy import GaussianMLPPolicy, concat_inputs, mlp
 from lightning_metarl.nn.self_supervision import SelfSupervisionNetwork
 
@@ -23,4 +29,5 @@ __all__ = [
     "mlp",
     "module_params",
     "on_valid_steps",
+    "on_valid_steps_per_task",
 ]

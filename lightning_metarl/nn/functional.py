@@ -79,18 +79,61 @@ def on_valid_steps(fn: Callable[..., Any], inputs: Sequence[torch.Tensor], mask:
     return tuple(scatter(y) for y in outputs) if isinstance(outputs, tuple) else scatter(outputs)
 
 
+def on_valid_steps_per_task(fn: Callable[..., Any], inputs: Sequence[torch.Tensor], mask: torch.Tensor | None) -> Any:
+    """:func:`on_valid_steps` for a ``fn`` mapped over a leading task dimension (per-task parameters).
+
+    ``mask`` is ``[n_tasks, *S]`` (e.g. ``[n_tasks, rollouts, T]``), ``inputs[0]`` ``[n_tasks, *S, d0]``
+    and every other input ``[n_tasks, *P, d]`` with ``P`` a prefix of ``S``. Each task's valid
+    rows are gathered into ``[n_tasks, L, d]`` (``L`` the most valid steps of any task; shorter
+    tasks are filled with rows whose outputs are dropped), ``fn`` is called once on them, and
+    its outputs are scattered back to ``[n_tasks, *S, *k]`` with 0 on the padding. Where no task
+    has padding, ``fn`` gets the inputs as they are.
+    """
+    if mask is None:
+        return fn(*inputs)
+    ok = (mask if mask.dtype == torch.bool else mask != 0).reshape(mask.shape[0], -1)
+    n_tasks, rows = ok.shape
+    longest = int(ok.sum(1).max())
+    if longest == rows:
+        return fn(*inputs)
+    steps = mask.shape[1:]
+    order = torch.argsort((~ok).to(torch.uint8), dim=1, stable=True)[:, :longest]  # each task's valid rows first
+    filler = torch.arange(longest, device=ok.device) >= ok.sum(1, keepdim=True)
+    source = torch.where(filler, torch.zeros_like(order), order)
+    target = torch.where(filler, torch.full_like(order, rows), order)  # fillers land in a dropped extra row
+    gathered = []
+    for x in inputs:
+        if x.dim() == 2:  # one value per task: the mapped fn broadcasts it
+            gathered.append(x)
+            continue
+        prefix = x.shape[1:-1]
+        if x.shape[:1] != ok.shape[:1] or tuple(steps[: len(prefix)]) != tuple(prefix):
+            raise ValueError(f"input of shape {list(x.shape)} does not broadcast to the mask's {list(mask.shape)}")
+        inner = math.prod(steps[len(prefix):])
+        flat = x.reshape(n_tasks, -1, x.shape[-1])
+        index = source if inner == 1 else source // inner
+        gathered.append(torch.gather(flat, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1])))
+    outputs = fn(*gathered)
+
+    def scatter(y: torch.Tensor) -> torch.Tensor:
+        width = y.shape[2:]
+        full = y.new_zeros((n_tasks, rows + 1, *width))
+        index = target.reshape(n_tasks, longest, *([1] * len(width))).expand_as(y)
+        return full.scatter(1, index, y)[:, :rows].reshape(n_tasks, *steps, *width)
+
+    return tuple(scatter(y) for y in outputs) if isinstance(outputs, tuple) else scatter(outputs)
+
+
 def distribution_per_task(policy: nn.Module, params: TensorDictBase, inputs: Sequence[torch.Tensor],
                           mask: torch.Tensor | None = None) -> DiagGaussian:
     """The action distribution of ``policy`` (which returns ``(mean, log_std)``) under ``params`` for ``inputs``.
 
-    With shared ``params`` (batch size ``[]``) and a ``mask`` of the inputs' steps, the policy is
-    evaluated on the valid steps only (:func:`on_valid_steps`; mean and log-std 0 on the padding).
-    Per-task parameters evaluate every step.
+    With a ``mask`` of the inputs' steps the policy is evaluated on the valid steps only (mean
+    and log-std 0 on the padding): :func:`on_valid_steps` for shared ``params`` (batch size
+    ``[]``), :func:`on_valid_steps_per_task` for per-task ones.
     """
-    if params.batch_dims == 0:
-        mean, log_std = on_valid_steps(lambda *xs: call_per_task(policy, params, *xs), inputs, mask)
-    else:
-        mean, log_std = call_per_task(policy, params, *inputs)
+    compact = on_valid_steps if params.batch_dims == 0 else on_valid_steps_per_task
+    mean, log_std = compact(lambda *xs: call_per_task(policy, params, *xs), inputs, mask)
     return DiagGaussian(mean, log_std)
 
 
