@@ -119,7 +119,10 @@ def test_maml_trpo_update_respects_the_trust_region(cls):
     metrics = module.meta_update(meta_batch)
     assert metrics["trpo/accepted"] == 1.0
     new_adapted = module.adapt(meta_batch.pre_update, create_graph=False)
-    kl = module.kl(old_adapted, new_adapted, meta_batch.post_update).mean().item()
+    old = module.fixed_distribution(old_adapted, meta_batch.post_update)
+    kl = module.kl(old, new_adapted, meta_batch.post_update).mean().item()
+    with pytest.raises(TypeError, match="fixed_distribution"):
+        module.kl(old_adapted, new_adapted, meta_batch.post_update)
     assert 0 < kl <= 1e-3
     assert metrics["kl/post_update"].item() == pytest.approx(kl, rel=1e-4)
     surrogate_after = outer_loss(module, meta_batch).item()

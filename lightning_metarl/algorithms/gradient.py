@@ -224,16 +224,17 @@ class GradientMetaRLModule(MetaRLModule):
         """The adapted fast state after one inner step on each of ``batches`` in turn."""
         return self.adaptation_path(batches, create_graph)[-1]
 
-    def kl(self, old_state: TensorDictBase | DiagGaussian, new_state: TensorDictBase, batch: TensorDictBase,
-           phase: str = "exploit") -> torch.Tensor:
+    def kl(self, old: DiagGaussian, new_state: TensorDictBase, batch: TensorDictBase, phase: str = "exploit") -> torch.Tensor:
         """Per-task mean ``KL(pi_old(.|s) || pi_new(.|s))`` over the batch's valid states, ``[n_tasks]``.
 
-        ``old_state`` is the fast state of ``pi_old`` (evaluated with the current shared
-        parameters where it holds none), or ``pi_old``'s distribution on the batch itself
-        (:meth:`fixed_distribution`, taken before an update moved the parameters), which a caller
-        evaluating many KLs to the same policy also computes only once.
+        ``old`` is ``pi_old``'s distribution on the batch, taken with :meth:`fixed_distribution`
+        before an update moved the parameters (a fast state alone does not fix the policy: where
+        it holds no weights, the shared ones are read when it is evaluated); a caller evaluating
+        many KLs to the same policy computes it once.
         """
-        old = old_state if isinstance(old_state, DiagGaussian) else self.fixed_distribution(old_state, batch, phase)
+        if not isinstance(old, DiagGaussian):
+            raise TypeError("kl() takes the old policy's distribution (fixed_distribution(state, batch)), "
+                            f"not {type(old).__name__}")
         new = self.distribution(new_state, batch, phase)
         return per_task_mean(torch.distributions.kl_divergence(old, new), batch.get("mask"))
 
