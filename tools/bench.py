@@ -12,8 +12,9 @@ the timed iterations it prints, all measured in the same run:
   padding counted, and of collection alone (``perf/collect_s``);
 - useful steps/s: the same with only the unmasked steps (before an early termination);
 - the ceiling: steps/s of ONE open-loop ``mujoco.rollout`` call over the same copies, models and
-  controls (the physics alone; :class:`bench_sampling.Ceiling`), and the ratios to it
-  (MuJoCo families only);
+  controls (the physics alone; :class:`bench_sampling.Ceiling`), run after every timed
+  iteration with its actions (the median is reported), and the ratios to it (MuJoCo families
+  only);
 - the split of the iteration into collect / adapt / outer / other;
 - the peak resident memory of the process;
 
@@ -26,6 +27,7 @@ import argparse
 import importlib
 import json
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,11 +65,16 @@ def build_module(config: Path, overrides: list[str]):
 
 
 class Recorder:
-    """Keeps, per meta-iteration, the module's timings and step counts (wraps ``log_iteration``)."""
+    """Keeps, per meta-iteration, the module's timings and step counts, and the ceiling measured right after it (wraps ``log_iteration``).
+
+    The ceiling runs between two iterations (outside their timers) with the iteration's own
+    post-update actions and tasks, so that it samples the machine's speed at the same moments
+    as the iterations it is compared with (a shared machine's speed drifts by 10-20% within
+    minutes).
+    """
 
     def __init__(self, module) -> None:
         self.rows: list[dict[str, float]] = []
-        self.last_actions: torch.Tensor | None = None
         original = module.log_iteration
 
         def log_iteration(meta_batch, metrics, iteration_s):
@@ -75,15 +82,16 @@ class Recorder:
             row["iteration_s"] = iteration_s
             row["env_steps"] = meta_batch.env_steps
             row["useful_steps"] = sum(int(b.get("mask").sum()) for b in meta_batch.batches)
+            result = original(meta_batch, metrics, iteration_s)
+            row["ceiling_steps_per_s"] = ceiling_steps_per_s(module, meta_batch.post_update.get("action").detach().cpu())
             self.rows.append(row)
-            self.last_actions = meta_batch.post_update.get("action").detach().cpu()
-            return original(meta_batch, metrics, iteration_s)
+            return result
 
         module.log_iteration = log_iteration
 
 
-def ceiling_steps_per_s(module, actions: torch.Tensor, repeats: int = 2) -> float | None:
-    """Best steps/s of the open-loop ``mujoco.rollout`` ceiling over the module's env; ``None`` off MuJoCo."""
+def ceiling_steps_per_s(module, actions: torch.Tensor, repeats: int = 1) -> float | None:
+    """Best steps/s of the open-loop ``mujoco.rollout`` ceiling over the module's env (``repeats`` timed runs after one untimed); ``None`` off MuJoCo."""
     from lightning_metarl.envs import MujocoMetaEnv
 
     env = module.env
@@ -113,8 +121,9 @@ def run(config: Path, iterations: int, warmup: int, overrides: list[str]) -> dic
                       accelerator="cpu", devices=1, inference_mode=False)
     trainer.fit(module)
     rows = recorder.rows[warmup:]
-    mean = {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}
-    ceiling = ceiling_steps_per_s(module, recorder.last_actions)
+    mean = {key: sum(row[key] for row in rows) / len(rows) for key in rows[0] if key != "ceiling_steps_per_s"}
+    ceilings = [row["ceiling_steps_per_s"] for row in rows]
+    ceiling = None if None in ceilings else statistics.median(ceilings)
     steps, useful = mean["env_steps"], mean["useful_steps"]
     phases = {name: mean.get(f"{name}_s", 0.0) for name in ("collect", "adapt", "outer")}
     phases["other"] = max(mean["iteration_s"] - sum(phases.values()), 0.0)
