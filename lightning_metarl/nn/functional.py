@@ -18,6 +18,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
+from lightning_metarl.masking import valid
 from lightning_metarl.nn.distributions import DiagGaussian
 
 
@@ -58,7 +59,7 @@ def on_valid_steps(fn: Callable[..., Any], inputs: Sequence[torch.Tensor], mask:
     """
     if mask is None:
         return fn(*inputs)
-    ok = mask if mask.dtype == torch.bool else mask != 0
+    ok = valid(mask)
     if bool(ok.all()):
         return fn(*inputs)
     batch = ok.shape
@@ -91,7 +92,7 @@ def on_valid_steps_per_task(fn: Callable[..., Any], inputs: Sequence[torch.Tenso
     """
     if mask is None:
         return fn(*inputs)
-    ok = (mask if mask.dtype == torch.bool else mask != 0).reshape(mask.shape[0], -1)
+    ok = valid(mask).reshape(mask.shape[0], -1)
     n_tasks, rows = ok.shape
     longest = int(ok.sum(1).max())
     if longest == rows:
