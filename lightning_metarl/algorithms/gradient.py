@@ -148,9 +148,9 @@ class GradientMetaRLModule(MetaRLModule):
 
         Parameters come from ``fast_state["params"]`` if present (else the shared ones); each
         policy input is read from ``fast_state`` if it holds it, else from ``batch``.
-        Differentiable in the fast state and the meta-parameters. With shared parameters only
-        the batch's valid steps are evaluated (mean and log-std 0 on its padding, see
-        :func:`~lightning_metarl.nn.functional.on_valid_steps`).
+        Differentiable in the fast state and the meta-parameters. Only the batch's valid steps
+        are evaluated (mean and log-std 0 on its padding; see
+        :func:`~lightning_metarl.nn.functional.distribution_per_task`).
         """
         policy = self.phase_policy(phase)
         params = self.phase_params(fast_state, policy)

@@ -94,12 +94,13 @@ def on_valid_steps_per_task(fn: Callable[..., Any], inputs: Sequence[torch.Tenso
         return fn(*inputs)
     ok = valid(mask).reshape(mask.shape[0], -1)
     n_tasks, rows = ok.shape
-    longest = int(ok.sum(1).max())
+    counts = ok.sum(1, keepdim=True)
+    longest = int(counts.max())
     if longest == rows:
         return fn(*inputs)
     steps = mask.shape[1:]
     order = torch.argsort((~ok).to(torch.uint8), dim=1, stable=True)[:, :longest]  # each task's valid rows first
-    filler = torch.arange(longest, device=ok.device) >= ok.sum(1, keepdim=True)
+    filler = torch.arange(longest, device=ok.device) >= counts
     source = torch.where(filler, torch.zeros_like(order), order)
     target = torch.where(filler, torch.full_like(order, rows), order)  # fillers land in a dropped extra row
     gathered = []
