@@ -7,8 +7,19 @@ import copy
 import pytest
 import torch
 
-from lightning_metarl.algorithms import CAVIA, EMAML, MAESN, MAML, LatentSpace, MetaBatch, MetaRLModule, ProMP
-from lightning_metarl.objectives import likelihood_ratio_loss, lvc_loss, per_task_mean
+from lightning_metarl.algorithms import (
+    CAVIA,
+    EMAML,
+    MAESN,
+    MAME,
+    MAML,
+    LatentSpace,
+    MetaBatch,
+    MetaRLModule,
+    ProMP,
+)
+from lightning_metarl.nn import behaviour_distribution
+from lightning_metarl.objectives import clipped_surrogate_loss, likelihood_ratio_loss, lvc_loss, per_task_mean
 
 SIZES = dict(meta_batch_size=3, rollouts_per_task=4, horizon=8, env_kwargs={"reward_type": "dense"})
 
@@ -55,6 +66,35 @@ def test_promp_without_clipping_and_kl_equals_maml_lvc_likelihood_ratio():
             p.add_(1e-2 * torch.randn_like(p))
     terms = clipped.loss_terms(meta_batch)
     assert terms["clip_fraction"] > 0
+
+
+def test_promp_loss_terms_share_one_policy_evaluation_per_pre_update_batch():
+    """The inner steps and inner KLs, computed from one evaluation per batch, equal their definitions."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        promp = build(ProMP, inner_kl_coeff=0.3, num_inner_steps=2)
+        meta_batch = collect_batches(promp)
+        sampling = promp.sampling_distributions(meta_batch)
+        with torch.no_grad():
+            for p in promp.policy.parameters():
+                p.add_(1e-2 * torch.randn_like(p))  # the KLs and their gradients are not 0
+        terms = promp.loss_terms(meta_batch, sampling)
+        path = promp.adaptation_path(meta_batch.pre_update)
+        kls = torch.stack([promp.kl(old, state, batch, "explore")
+                           for old, state, batch in zip(sampling, path, meta_batch.pre_update)], dim=-1)
+        post = meta_batch.post_update
+        log_prob = promp.log_prob(path[-1], post)
+        objective = clipped_surrogate_loss(log_prob, post.get("action_log_prob"), post.get("advantage"), post.get("mask"),
+                                           promp.hparams.clip_epsilon).mean()
+        expected = objective + promp.kl_coefficient(kls)
+        assert float(kls.abs().min()) > 1e-8
+        torch.testing.assert_close(terms["loss_objective"], objective, rtol=1e-12, atol=0)
+        torch.testing.assert_close(terms["inner_kl"], kls.detach().mean(0), rtol=1e-12, atol=0)
+        actual = meta_gradient(promp, terms["loss_objective"] + terms["loss_inner_kl"])
+        for x, y in zip(actual, meta_gradient(promp, expected)):
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-14)
+    finally:
+        torch.set_default_dtype(torch.float32)
 
 
 @pytest.mark.parametrize("cls, kwargs", [(ProMP, {}), (MAML, {"inner_objective": "lvc"})], ids=["promp", "maml_lvc"])
@@ -185,3 +225,23 @@ def test_a_fixed_training_set_feeds_every_meta_batch():
     assert "task_index" not in module.env.tasks.keys()
     without = MAML(env="Point-Semicircle", meta_batch_size=6, rollouts_per_task=2, horizon=3)
     assert without.train_tasks is None and "task_index" not in without.sample_tasks().keys()
+
+
+@pytest.mark.parametrize("cls, kwargs", [
+    (ProMP, {}),
+    (CAVIA, {}),
+    (MAESN, {"env": "Point-Semicircle", "num_train_tasks": 5, "latent_size": 2}),
+    (MAME, {"latent_size": 4, "hidden_sizes": [16], "feature_size": 8}),
+], ids=["promp", "cavia", "maesn", "mame"])
+def test_the_stored_behaviour_distribution_is_the_collecting_policy(cls, kwargs):
+    """``behaviour_distribution`` (what collection stored) equals the collecting state's distribution on every valid step."""
+    module = build(cls, **kwargs)
+    meta_batch = collect_batches(module)
+    phases = [("explore", state, batch) for state, batch in zip(meta_batch.fast_states, meta_batch.pre_update)]
+    phases.append(("exploit", meta_batch.fast_states[-1], meta_batch.post_update))
+    for phase, state, batch in phases:
+        stored, evaluated = behaviour_distribution(batch), module.fixed_distribution(state, batch, phase)
+        ok = batch.get("mask")
+        torch.testing.assert_close(stored.loc[ok], evaluated.loc[ok], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(stored.log_std[ok], evaluated.log_std[ok], rtol=0, atol=1e-7)
+        torch.testing.assert_close(stored.log_prob(batch.get("action")), batch.get("action_log_prob"))

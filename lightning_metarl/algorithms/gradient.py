@@ -49,6 +49,11 @@ from lightning_metarl.objectives import per_task_mean
 PARAMS = "params"
 
 
+def mean_kl(old: DiagGaussian, new: DiagGaussian, batch: TensorDictBase) -> torch.Tensor:
+    """Per-task mean ``KL(old || new)`` over the batch's valid steps, ``[n_tasks]``."""
+    return per_task_mean(torch.distributions.kl_divergence(old, new), batch.get("mask"))
+
+
 class GradientMetaRLModule(MetaRLModule):
     """Meta-RL by gradient adaptation of a per-task fast state, with hooks for what varies between methods.
 
@@ -183,17 +188,22 @@ class GradientMetaRLModule(MetaRLModule):
 
     # ------------------------------------------------------------------ adaptation
     def inner_step(self, fast_state: TensorDictBase, batch: TensorDictBase, create_graph: bool,
-                   step_scale: float = 1.0) -> TensorDictBase:
+                   step_scale: float = 1.0, inner_loss: torch.Tensor | None = None) -> TensorDictBase:
         """One batched adaptation step ``state'_i = state_i - alpha * grad L_in(state_i, tau_i)`` for all tasks.
 
         ``fast_state`` has batch size ``[n_tasks]``; the sum of the per-task losses is
         differentiated once, giving each task its own gradient. With ``create_graph`` the result
         stays a differentiable function of the meta-parameters (MAML, Finn et al. 2017, Eq. 1).
         ``step_scale`` multiplies alpha (the decaying steps of the meta-test protocol).
+        ``inner_loss``: the per-task :meth:`inner_loss` of ``fast_state`` on ``batch`` if the
+        caller already computed it from ``fast_state``'s own tensors (only with ``create_graph``;
+        an outer loss that evaluates the policy on the same batch shares that evaluation).
         """
+        if inner_loss is not None and not create_graph:
+            raise ValueError("inner_step: a precomputed inner_loss needs create_graph=True")
         if not create_graph:
             fast_state = fast_state.detach().requires_grad_(True)
-        loss = self.inner_loss(fast_state, batch).sum()
+        loss = (self.inner_loss(fast_state, batch) if inner_loss is None else inner_loss).sum()
         keys = list(fast_state.keys(True, True))
         grads = torch.autograd.grad(loss, [fast_state.get(k) for k in keys], create_graph=create_graph)
         adapted = fast_state.clone(recurse=False)
@@ -227,16 +237,16 @@ class GradientMetaRLModule(MetaRLModule):
     def kl(self, old: DiagGaussian, new_state: TensorDictBase, batch: TensorDictBase, phase: str = "exploit") -> torch.Tensor:
         """Per-task mean ``KL(pi_old(.|s) || pi_new(.|s))`` over the batch's valid states, ``[n_tasks]``.
 
-        ``old`` is ``pi_old``'s distribution on the batch, taken with :meth:`fixed_distribution`
-        before an update moved the parameters (a fast state alone does not fix the policy: where
-        it holds no weights, the shared ones are read when it is evaluated); a caller evaluating
-        many KLs to the same policy computes it once.
+        ``old`` is ``pi_old``'s distribution on the batch: the collecting policy's as collection
+        stored it (:func:`~lightning_metarl.nn.behaviour_distribution`), or one taken with
+        :meth:`fixed_distribution` before an update moved the parameters (a fast state alone does
+        not fix the policy: where it holds no weights, the shared ones are read when it is
+        evaluated); a caller evaluating many KLs to the same policy computes it once.
         """
         if not isinstance(old, DiagGaussian):
-            raise TypeError("kl() takes the old policy's distribution (fixed_distribution(state, batch)), "
-                            f"not {type(old).__name__}")
-        new = self.distribution(new_state, batch, phase)
-        return per_task_mean(torch.distributions.kl_divergence(old, new), batch.get("mask"))
+            raise TypeError("kl() takes the old policy's distribution (behaviour_distribution(batch) or "
+                            f"fixed_distribution(state, batch)), not {type(old).__name__}")
+        return mean_kl(old, self.distribution(new_state, batch, phase), batch)
 
     def fixed_distribution(self, fast_state: TensorDictBase, batch: TensorDictBase, phase: str = "exploit") -> DiagGaussian:
         """A copy of :meth:`distribution` now (no gradient), which later updates of the parameters leave as it is.

@@ -13,7 +13,12 @@ from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.data.returns import discounted_returns, gae, n_step_returns, normalize_advantages
 from lightning_metarl.errors import ConfigError
 from lightning_metarl.masking import SAMPLE_DIMS, valid, zero_padding
-from lightning_metarl.nn import GaussianMLPPolicy, SelfSupervisionNetwork, linear_baseline_values
+from lightning_metarl.nn import (
+    GaussianMLPPolicy,
+    SelfSupervisionNetwork,
+    behaviour_distribution,
+    linear_baseline_values,
+)
 from lightning_metarl.objectives import (
     clip_fraction,
     clipped_surrogate_loss,
@@ -290,8 +295,7 @@ class MAME(GradientMetaRLModule):
             metrics["exploration/reward_mean"] = per_task_mean(rewards, mask).mean()
             metrics["exploration/reward_abs_mean"] = per_task_mean(rewards.abs(), mask).mean()
         before, after = meta_batch.fast_states[0], meta_batch.fast_states[-1]
-        # z' alone does not hold the policy: keep the one that collected, before the outer steps move theta
-        collecting = self.fixed_distribution(after, meta_batch.post_update)
+        collecting = behaviour_distribution(meta_batch.post_update)
         with torch.no_grad():
             metrics["self_supervision/loss_before"] = self.inner_loss(before, explore).mean()
             metrics["self_supervision/loss_after"] = self.inner_loss(after, explore).mean()

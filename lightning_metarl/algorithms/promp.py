@@ -8,10 +8,10 @@ import torch
 from tensordict import TensorDictBase
 
 from lightning_metarl import distributed
-from lightning_metarl.algorithms.gradient import GradientMetaRLModule
+from lightning_metarl.algorithms.gradient import GradientMetaRLModule, mean_kl
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.errors import ConfigError
-from lightning_metarl.nn import DiagGaussian
+from lightning_metarl.nn import DiagGaussian, behaviour_distribution
 from lightning_metarl.objectives import (
     KLPenaltyCoefficient,
     clip_fraction,
@@ -76,8 +76,13 @@ class ProMP(GradientMetaRLModule):
         estimate of the policy gradient at the current ``theta`` (as in the reference
         implementation), rather than the on-policy formula applied to another policy's samples.
         """
+        return self.inner_loss_of(self.distribution(fast_state, batch, "explore"), batch)
+
+    @staticmethod
+    def inner_loss_of(distribution: DiagGaussian, batch: TensorDictBase) -> torch.Tensor:
+        """:meth:`inner_loss` from the policy's distribution on the batch's states, ``[n_tasks]``."""
         return likelihood_ratio_loss(
-            self.log_prob(fast_state, batch, "explore"), batch.get("action_log_prob"), batch.get("advantage"), batch.get("mask")
+            distribution.log_prob(batch.get("action")), batch.get("action_log_prob"), batch.get("advantage"), batch.get("mask")
         )
 
     def loss_terms(self, meta_batch: MetaBatch, sampling: list[DiagGaussian] | None = None) -> dict[str, torch.Tensor]:
@@ -89,12 +94,15 @@ class ProMP(GradientMetaRLModule):
         :meth:`KLPenaltyCoefficient.update` takes; ``clip_fraction`` the share of post-update
         samples outside the clip range.
         """
-        path = self.adaptation_path(meta_batch.pre_update)
         sampling = self.sampling_distributions(meta_batch) if sampling is None else sampling
-        inner_kl = torch.stack(
-            [self.kl(old, new, batch, "explore") for old, new, batch in zip(sampling, path, meta_batch.pre_update)],
-            dim=-1,
-        )
+        # The adaptation path (adaptation_path's states), with one evaluation of the policy under
+        # state k on pre-update batch k serving both inner step k and the KL of step k.
+        path, kls = [self.initial_fast_state()], []
+        for old, batch in zip(sampling, meta_batch.pre_update):
+            current = self.distribution(path[-1], batch, "explore")
+            kls.append(mean_kl(old, current, batch))
+            path.append(self.inner_step(path[-1], batch, create_graph=True, inner_loss=self.inner_loss_of(current, batch)))
+        inner_kl = torch.stack(kls, dim=-1)
         post = meta_batch.post_update
         log_prob, old_log_prob, mask = self.log_prob(path[-1], post), post.get("action_log_prob"), post.get("mask")
         epsilon = self.hparams.clip_epsilon
@@ -105,17 +113,17 @@ class ProMP(GradientMetaRLModule):
             "clip_fraction": clip_fraction(log_prob, old_log_prob, mask, epsilon).mean(),
         }
 
-    def sampling_distributions(self, meta_batch: MetaBatch) -> list[DiagGaussian]:
-        """The distributions of the policies that collected each pre-update batch, on its states (fixed copies)."""
-        return [self.fixed_distribution(state, batch, "explore")
-                for state, batch in zip(meta_batch.fast_states, meta_batch.pre_update)]
+    @staticmethod
+    def sampling_distributions(meta_batch: MetaBatch) -> list[DiagGaussian]:
+        """The distributions of the policies that collected each pre-update batch, on its states (as collection stored them)."""
+        return [behaviour_distribution(batch) for batch in meta_batch.pre_update]
 
     def meta_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
         """``num_outer_steps`` Adam steps on the ProMP loss, then the adaptive-eta update."""
         optimizer = self.optimizers()
         history = []
         sampling = self.sampling_distributions(meta_batch)
-        collecting = self.fixed_distribution(meta_batch.fast_states[-1], meta_batch.post_update)
+        collecting = behaviour_distribution(meta_batch.post_update)
         for _ in range(self.hparams.num_outer_steps):
             terms = self.loss_terms(meta_batch, sampling)
             loss = terms["loss_objective"] + terms["loss_inner_kl"]

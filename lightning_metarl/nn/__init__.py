@@ -1,6 +1,6 @@
 """Policies, their distributions, MAME's self-supervision network, per-task functional evaluation, the collecting actors and baselines."""
 
-from lightning_metarl.nn.actor import PolicyActor
+from lightning_metarl.nn.actor import PolicyActor, behaviour_distribution
 from lightning_metarl.nn.baseline import fit_linear_baseline, linear_baseline_features, linear_baseline_values
 from lightning_metarl.nn.distributions import DiagGaussian, gaussian_kl, gaussian_log_prob
 from lightning_metarl.nn.functional import (
@@ -18,6 +18,7 @@ __all__ = [
     "GaussianMLPPolicy",
     "PolicyActor",
     "SelfSupervisionNetwork",
+    "behaviour_distribution",
     "call_per_task",
     "concat_inputs",
     "distribution_per_task",

@@ -2,8 +2,10 @@
 
 An actor evaluates a policy with given (shared or per-task) parameters for every
 ``[n_tasks, rollouts]`` copy of a batched env, samples an action with noise from a seeded
-generator and writes ``"action"`` and its behaviour log-density ``"action_log_prob"`` (what
-likelihood-ratio objectives divide by). The policy's extra inputs (:attr:`in_keys` after
+generator and writes ``"action"``, its behaviour log-density ``"action_log_prob"`` (what
+likelihood-ratio objectives divide by) and the behaviour distribution's parameters ``"loc"``
+and ``"log_std"`` (:func:`behaviour_distribution`: the KLs of an outer update to the policy
+that collected need not evaluate it again). The policy's extra inputs (:attr:`in_keys` after
 ``"observation"``) come from, in this order: the per-episode latent the actor draws itself,
 the actor's fixed per-task ``inputs`` (e.g. a CAVIA context or MAME's ``z``), or the
 TensorDict. Collection calls :meth:`PolicyActor.begin_trial` once per trial (a new set of
@@ -19,10 +21,22 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
+from lightning_metarl.nn.distributions import DiagGaussian
 from lightning_metarl.nn.functional import distribution_per_task
 
 #: ``(generator, batch_size) -> latent [*batch_size, d]``: draws one latent per copy for an episode.
 LatentSampler = Callable[[torch.Generator, torch.Size], torch.Tensor]
+#: Batch keys of the mean and log standard deviation of the distribution each action was drawn from.
+LOC, LOG_STD = "loc", "log_std"
+
+
+def behaviour_distribution(batch: TensorDictBase) -> DiagGaussian:
+    """The distribution each of ``batch``'s actions was drawn from, as the actor stored it (``"loc"``, ``"log_std"``).
+
+    This is the policy that collected the batch, fixed: what the KL terms of an outer update
+    (ProMP's inner KL, TRPO's trust region) compare the current policy with.
+    """
+    return DiagGaussian(batch.get(LOC), batch.get(LOG_STD))
 
 
 class PolicyActor(TensorDictModuleBase):
@@ -56,7 +70,7 @@ class PolicyActor(TensorDictModuleBase):
         self.episode_latent = episode_latent
         self.latent: torch.Tensor | None = None
         self.in_keys = list(policy.in_keys)
-        self.out_keys = ["action", "action_log_prob"] + ([episode_latent[0]] if episode_latent else [])
+        self.out_keys = ["action", "action_log_prob", LOC, LOG_STD] + ([episode_latent[0]] if episode_latent else [])
 
     def begin_trial(self) -> None:
         """Forget everything carried over from another set of tasks (called once per collection)."""
@@ -77,7 +91,7 @@ class PolicyActor(TensorDictModuleBase):
         return tensordict.get(key)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Write ``"action"``, ``"action_log_prob"`` (and the episode latent) into ``tensordict``."""
+        """Write ``"action"``, ``"action_log_prob"``, ``"loc"``, ``"log_std"`` (and the episode latent) into ``tensordict``."""
         observation = tensordict.get("observation")
         with torch.no_grad():
             # The policy may live on another device than the env (e.g. CUDA policy, CPU physics).
@@ -88,6 +102,8 @@ class PolicyActor(TensorDictModuleBase):
             log_prob = distribution.log_prob(action)
             tensordict.set("action", action.to(observation.device))
             tensordict.set("action_log_prob", log_prob.to(observation.device))
+            tensordict.set(LOC, distribution.loc.to(observation.device))
+            tensordict.set(LOG_STD, distribution.log_std.expand_as(distribution.loc).to(observation.device))
             if self.episode_latent is not None:
                 tensordict.set(self.episode_latent[0], self.latent.to(observation.device))
         return tensordict
