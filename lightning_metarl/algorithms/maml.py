@@ -12,7 +12,7 @@ from lightning_metarl.algorithms.gradient import GradientMetaRLModule
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.data.returns import discounted_rewards
 from lightning_metarl.errors import ConfigError
-from lightning_metarl.nn import behaviour_distribution, linear_baseline_values
+from lightning_metarl.nn import linear_baseline_values
 from lightning_metarl.objectives import dice_loss, likelihood_ratio_loss, vpg_loss
 from lightning_metarl.optim import trpo_step
 
@@ -137,7 +137,11 @@ class MAML(GradientMetaRLModule):
         """A trust-region step on all meta-parameters, surrogate and KL computed through the inner step."""
         hp = self.hparams
         post = meta_batch.post_update
-        collecting = behaviour_distribution(post)
+        # Re-evaluated, not read from the batch (behaviour_distribution): at the current parameters
+        # KL(collecting || current) and its gradient are then exactly 0, so the Hessian whose
+        # products conjugate gradient inverts is exactly the Fisher term; the stored copy differs
+        # by rounding, which the small eigenvalues of that Hessian amplify.
+        collecting = self.fixed_distribution(meta_batch.fast_states[-1], post)
 
         def path() -> list[TensorDictBase]:
             return self.adaptation_path(meta_batch.pre_update)
