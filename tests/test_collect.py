@@ -130,7 +130,7 @@ def test_skipping_the_padding_leaves_every_valid_step_bit_identical(family, monk
     mask = skipped["mask"]
     assert torch.equal(mask, simulated["mask"])
     assert 0 < mask.float().mean() < 1  # some copies ended early: there is padding to skip
-    for key in ("observation", "action", "action_log_prob", ("next", "reward"), ("next", "observation"),
+    for key in ("observation", "action", "action_log_prob", "loc", "log_std", ("next", "reward"), ("next", "observation"),
                 ("next", "done"), ("next", "terminated")):
         assert torch.equal(skipped[key][mask], simulated[key][mask]), key
     # after its end a copy is frozen: no reward, its observation no longer changes
