@@ -21,7 +21,7 @@ def test_the_json_line_has_the_documented_keys(config: str, mujoco: bool, capsys
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(line) == json.loads(json.dumps(result))
     assert tuple(result) == bench.JSON_KEYS
-    assert result["iterations"] == 2
+    assert result["iterations"] == 2 and result["accelerator"] == "cpu"
     assert result["env_steps_per_iteration"] == 2 * 2 * 6 * 2  # tasks x rollouts x H x phases
     assert result["useful_steps_per_iteration"] <= result["env_steps_per_iteration"]
     assert set(result["split"]) == {"collect", "adapt", "outer", "other"}

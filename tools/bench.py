@@ -2,11 +2,15 @@
 
     python tools/bench.py conf/walker_rand.yaml
     python tools/bench.py conf/half_cheetah_fwd_bwd_promp.yaml --iterations 3 -- --model.init_args.meta_batch_size=20
+    python tools/bench.py conf/walker_rand.yaml --accelerator gpu
+
 
 Builds the config's module as ``fit`` does (its class, its ``init_args``, ``seed_everything``; extra
 ``--model.init_args.KEY=VALUE`` overrides after ``--``) and runs ``--warmup`` + ``--iterations``
-meta-iterations through a Lightning ``Trainer`` (manual optimisation, logging to no logger). For
-the timed iterations it prints, all measured in the same run:
+meta-iterations through a Lightning ``Trainer`` (manual optimisation, logging to no logger) on one
+device of ``--accelerator`` (``cpu``, or ``gpu``: the networks and the optimisation on the GPU,
+the physics on the CPU, as ``fit --trainer.accelerator gpu``). For the timed iterations it
+prints, all measured in the same run:
 
 - env steps/s of the whole iteration, ``(tasks x rollouts x H x phases) / iteration time``,
   padding counted, and of collection alone (``perf/collect_s``);
@@ -40,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: The keys of the JSON line, in order.
 JSON_KEYS = (
-    "config", "algorithm", "family", "iterations", "env_steps_per_iteration", "useful_steps_per_iteration",
+    "config", "algorithm", "family", "accelerator", "iterations", "env_steps_per_iteration", "useful_steps_per_iteration",
     "iteration_s", "steps_per_s", "collect_steps_per_s", "useful_steps_per_s", "ceiling_steps_per_s",
     "iteration_over_ceiling", "collect_over_ceiling", "split", "peak_rss_mb",
 )
@@ -109,8 +113,8 @@ def ceiling_steps_per_s(module, actions: torch.Tensor, repeats: int = 1) -> floa
     return best
 
 
-def run(config: Path, iterations: int, warmup: int, overrides: list[str]) -> dict[str, Any]:
-    """Train ``warmup + iterations`` meta-iterations and measure the last ``iterations``."""
+def run(config: Path, iterations: int, warmup: int, overrides: list[str], accelerator: str = "cpu") -> dict[str, Any]:
+    """Train ``warmup + iterations`` meta-iterations on one ``accelerator`` device and measure the last ``iterations``."""
     from lightning import Trainer
 
     module = build_module(config, overrides)
@@ -118,7 +122,7 @@ def run(config: Path, iterations: int, warmup: int, overrides: list[str]) -> dic
     module.hparams.iterations_per_epoch = warmup + iterations
     trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                      accelerator="cpu", devices=1, inference_mode=False)
+                      accelerator=accelerator, devices=1, inference_mode=False)
     trainer.fit(module)
     rows = recorder.rows[warmup:]
     mean = {key: sum(row[key] for row in rows) / len(rows) for key in rows[0] if key != "ceiling_steps_per_s"}
@@ -131,6 +135,7 @@ def run(config: Path, iterations: int, warmup: int, overrides: list[str]) -> dic
         "config": str(config),
         "algorithm": type(module).__name__,
         "family": module.env.family,
+        "accelerator": accelerator,
         "iterations": len(rows),
         "env_steps_per_iteration": steps,
         "useful_steps_per_iteration": useful,
@@ -156,7 +161,8 @@ def report(result: dict[str, Any]) -> str:
     split = ", ".join(f"{name} {share:.0%}" for name, share in result["split"].items())
     ceiling = result["ceiling_steps_per_s"]
     return "\n".join([
-        f"{result['algorithm']} on {result['family']} ({result['config']}), {result['iterations']} timed iterations",
+        f"{result['algorithm']} on {result['family']} ({result['config']}), {result['iterations']} timed iterations "
+        f"({result['accelerator']})",
         f"  iteration: {result['iteration_s']:.2f} s, {result['env_steps_per_iteration']:.0f} env steps "
         f"({result['useful_steps_per_iteration']:.0f} unmasked)",
         f"  whole iteration: {result['steps_per_s']:,.0f} steps/s; collection: {result['collect_steps_per_s']:,.0f} steps/s; "
@@ -172,16 +178,18 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     usage="bench.py CONFIG [--iterations N] [--warmup N] [-- --model.init_args.KEY=VALUE ...]")
+                                     usage="bench.py CONFIG [--iterations N] [--warmup N] [--accelerator cpu|gpu] [-- --model.init_args.KEY=VALUE ...]")
     parser.add_argument("config", type=Path)
     parser.add_argument("--iterations", type=int, default=3, help="timed meta-iterations")
     parser.add_argument("--warmup", type=int, default=1, help="meta-iterations run before timing")
+    parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu",
+                        help="where the networks and the optimisation run (physics: always the CPU)")
     argv = sys.argv[1:] if argv is None else list(argv)
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if args.iterations < 1 or args.warmup < 0:
         parser.error("--iterations must be positive and --warmup non-negative")
-    result = run(args.config, args.iterations, args.warmup, overrides)
+    result = run(args.config, args.iterations, args.warmup, overrides, args.accelerator)
     print(report(result))
     print(json.dumps(result))
     return result
