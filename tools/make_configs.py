@@ -105,15 +105,33 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+#: Point-Corner MAME with the choices of the authors' public code instead of the paper's:
+#: stem suffix -> (what changes, the model arguments that change it).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "authors_code": ("The authors' code's networks and clipping: 100 x 100 ReLU layers for the three networks, "
+                     "each network's gradient clipped to norm 0.5",
+                     {"hidden_sizes": [100, 100], "activation": "relu", "max_grad_norm": 0.5}),
+}
+
+
+def render_variant(header: str, switch: dict[str, Any]) -> str:
+    """``point_corner_mame.yaml`` with the model arguments of ``switch`` set (replaced or added) under ``header``."""
+    lines = render("Point-Corner", "mame").splitlines()
+    for key, value in switch.items():
+        line = f"    {key}: {yaml_value(value)}"
+        index = next((i for i, text in enumerate(lines) if text.startswith(f"    {key}: ")), None)
+        if index is None:
+            lines.append(line)
+        else:
+            lines[index] = line
+    return "\n".join([header, *lines]) + "\n"
+
+
 def render_ablation(name: str) -> str:
     """``point_corner_mame.yaml`` with one ablation switch flipped and a header that names it."""
     description, switch = ABLATIONS[name]
-    lines = render("Point-Corner", "mame").splitlines()
-    for key, value in switch.items():
-        index = next(i for i, line in enumerate(lines) if line.startswith(f"    {key}: "))
-        lines[index] = f"    {key}: {yaml_value(value)}"
     header = f"# MAME ablation (Gurumurthy et al. 2019, Figures 4 and 7). {description}; otherwise point_corner_mame.yaml."
-    return "\n".join([header, *lines]) + "\n"
+    return render_variant(header, switch)
 
 
 def render(family: str, suffix: str, tasks: int = 40, rollouts: int = 20) -> str:
@@ -260,6 +278,8 @@ def all_configs() -> dict[Path, str]:
             configs[path] = render("HalfCheetah-Vel", suffix, tasks, rollouts)
     for name in ABLATIONS:
         configs[CONF / f"point_corner_mame_{name}.yaml"] = render_ablation(name)
+    for name, (description, switch) in VARIANTS.items():
+        configs[CONF / f"point_corner_mame_{name}.yaml"] = render_variant(f"# {description}; otherwise point_corner_mame.yaml.", switch)
     for family, (stem, *_) in MAESN_FAMILIES.items():
         for suffix in MAESN_ALGORITHMS:
             configs[CONF / f"{stem}_{suffix}.yaml"] = render_maesn(family, suffix)
