@@ -34,7 +34,9 @@ def behaviour_distribution(batch: TensorDictBase) -> DiagGaussian:
     """The distribution each of ``batch``'s actions was drawn from, as the actor stored it (``"loc"``, ``"log_std"``).
 
     This is the policy that collected the batch, fixed: what the KL terms of an outer update
-    (ProMP's inner KL, TRPO's trust region) compare the current policy with.
+    (ProMP's inner KLs, the post-update KL) compare the current policy with. It equals that
+    policy evaluated again up to rounding; TRPO re-evaluates it instead, so that the KL's
+    gradient is exactly 0 at the start of its step (``MAML.trpo_update``).
     """
     return DiagGaussian(batch.get(LOC), batch.get(LOG_STD))
 
