@@ -4,7 +4,6 @@
     python tools/bench.py conf/half_cheetah_fwd_bwd_promp.yaml --iterations 3 -- --model.init_args.meta_batch_size=20
     python tools/bench.py conf/walker_rand.yaml --accelerator gpu
 
-
 Builds the config's module as ``fit`` does (its class, its ``init_args``, ``seed_everything``; extra
 ``--model.init_args.KEY=VALUE`` overrides after ``--``) and runs ``--warmup`` + ``--iterations``
 meta-iterations through a Lightning ``Trainer`` (manual optimisation, logging to no logger) on one
