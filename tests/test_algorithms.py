@@ -170,6 +170,15 @@ def test_maml_trpo_update_respects_the_trust_region(cls):
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
 
 
+def post_update_kl(before: MAML, after: MAML, meta_batch: MetaBatch) -> float:
+    """Mean KL between the adapted policies of two modules on the post-update batch, each adapting on its own."""
+    post = meta_batch.post_update
+    old_state, new_state = (m.adapt(meta_batch.pre_update, create_graph=False) for m in (before, after))
+    with torch.no_grad():
+        old, new = before.distribution(old_state, post), after.distribution(new_state, post)
+    return per_task_mean(torch.distributions.kl_divergence(old, new), post.get("mask")).mean().item()
+
+
 @pytest.mark.parametrize("cls, kwargs", [(CAVIA, {}), (MAESN, {"num_train_tasks": 5}), (LatentSpace, {"num_train_tasks": 5})],
                          ids=["cavia", "maesn", "latent_space"])
 def test_trpo_trust_region_holds_for_policies_outside_the_fast_state(cls, kwargs):
@@ -179,13 +188,32 @@ def test_trpo_trust_region_holds_for_policies_outside_the_fast_state(cls, kwargs
     before = copy.deepcopy(module)  # the policy that collected the post-update batch
     metrics = module.meta_update(meta_batch)
     assert metrics["trpo/accepted"] == 1.0
-    post = meta_batch.post_update
-    old_state, new_state = (m.adapt(meta_batch.pre_update, create_graph=False) for m in (before, module))
-    with torch.no_grad():
-        old, new = before.distribution(old_state, post), module.distribution(new_state, post)
-    kl = per_task_mean(torch.distributions.kl_divergence(old, new), post.get("mask")).mean().item()
+    kl = post_update_kl(before, module, meta_batch)
     assert 0 < kl <= 1e-3 * 1.001
     assert metrics["kl/post_update"].item() == pytest.approx(kl, rel=1e-3)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(MAML, {"inner_objective": "lvc"}), (MAESN, {"num_train_tasks": 5})],
+                         ids=["maml", "maesn"])
+def test_trpo_cg_subsample_changes_the_direction_but_the_trust_region_holds_on_every_step(cls, kwargs):
+    """``cg_subsample: k``: the KL Hessian comes from every k-th step; gradient and line search see the whole batch."""
+    every = build(cls, outer_optimizer="trpo", max_kl=1e-3, **kwargs)
+    meta_batch = collect_batches(every)
+    before = copy.deepcopy(every)
+    subsampled = copy.deepcopy(every)
+    subsampled.hparams.cg_subsample = 3
+    metrics_every = every.meta_update(meta_batch)
+    metrics_sub = subsampled.meta_update(meta_batch)
+    assert metrics_every["trpo/accepted"] == metrics_sub["trpo/accepted"] == 1.0
+    # the same gradient (the surrogate at the start is the whole batch's) ...
+    assert metrics_sub["loss/surrogate_before"] == metrics_every["loss/surrogate_before"]
+    # ... but another Hessian, so another step
+    assert any(not torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+               for a, b in zip(every.parameters(), subsampled.parameters()))
+    kl = post_update_kl(before, subsampled, meta_batch)
+    assert 0 < kl <= 1e-3 * 1.001
+    assert metrics_sub["kl/post_update"].item() == pytest.approx(kl, rel=1e-3)
+    assert metrics_sub["loss/surrogate_after"] < metrics_sub["loss/surrogate_before"]
 
 
 def test_emaml_term_changes_the_meta_gradient_only_through_the_pre_update_policy():

@@ -10,6 +10,7 @@ from tensordict import TensorDictBase
 from lightning_metarl.algorithms.maml import MAML
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.errors import ConfigError
+from lightning_metarl.nn import DiagGaussian
 from lightning_metarl.objectives import emaml_loss
 
 
@@ -37,9 +38,10 @@ class EMAML(MAML):
             raise ConfigError(f"model.exploration_weight must be non-negative, got {exploration_weight}")
         super().__init__(*args, **kwargs)
 
-    def outer_loss(self, meta_batch: MetaBatch, path: list[TensorDictBase]) -> torch.Tensor:
+    def outer_loss(self, meta_batch: MetaBatch, path: list[TensorDictBase],
+                   post_distribution: DiagGaussian | None = None) -> torch.Tensor:
         """MAML's outer loss plus the exploration term."""
-        loss = super().outer_loss(meta_batch, path)
+        loss = super().outer_loss(meta_batch, path, post_distribution)
         post = meta_batch.post_update
         post_rewards = post.get(("next", "reward")).squeeze(-1)
         for state, batch in zip(path[:-1], meta_batch.pre_update):

@@ -37,7 +37,7 @@ from lightning_metarl.envs.base import BatchedMetaEnv
 from lightning_metarl.errors import ConfigError
 from lightning_metarl.evaluation import latent_ellipse_image
 from lightning_metarl.masking import standardize
-from lightning_metarl.nn import PolicyActor
+from lightning_metarl.nn import DiagGaussian, PolicyActor
 from lightning_metarl.nn.latent import (
     LATENT,
     LATENT_LOG_STD,
@@ -194,9 +194,10 @@ class MAESN(MAML):
         """``KL(q_omega_i || N(0, I))`` of every task's ``omega_i`` in ``fast_state``, ``[n_tasks]`` (Eq. 2)."""
         return kl_to_standard_normal(fast_state.get(LATENT_MEAN), fast_state.get(LATENT_LOG_STD))
 
-    def outer_loss(self, meta_batch: MetaBatch, path: list[TensorDictBase]) -> torch.Tensor:
+    def outer_loss(self, meta_batch: MetaBatch, path: list[TensorDictBase],
+                   post_distribution: DiagGaussian | None = None) -> torch.Tensor:
         """MAML's post-update surrogate plus ``kl_weight * mean_i KL(q_omega_i || N(0, I))`` on the pre-update ``omega_i`` (Eq. 2)."""
-        return super().outer_loss(meta_batch, path) + self.hparams.kl_weight * self.prior_kl(path[0]).mean()
+        return super().outer_loss(meta_batch, path, post_distribution) + self.hparams.kl_weight * self.prior_kl(path[0]).mean()
 
     def meta_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
         """The outer step, plus the latent statistics: prior KL, ``|mu|``, ``sigma`` before and after the inner step."""

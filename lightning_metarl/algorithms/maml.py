@@ -8,11 +8,11 @@ import torch
 from tensordict import TensorDictBase
 
 from lightning_metarl import distributed
-from lightning_metarl.algorithms.gradient import GradientMetaRLModule
+from lightning_metarl.algorithms.gradient import GradientMetaRLModule, mean_kl
 from lightning_metarl.algorithms.meta_batch import MetaBatch
 from lightning_metarl.data.returns import discounted_rewards
 from lightning_metarl.errors import ConfigError
-from lightning_metarl.nn import linear_baseline_values
+from lightning_metarl.nn import DiagGaussian, linear_baseline_values
 from lightning_metarl.objectives import dice_loss, likelihood_ratio_loss, vpg_loss
 from lightning_metarl.optim import trpo_step
 
@@ -56,6 +56,13 @@ class MAML(GradientMetaRLModule):
         max_kl: TRPO trust region delta (reference 0.01).
         cg_iterations: TRPO conjugate-gradient iterations (reference 10).
         cg_damping: TRPO damping of the KL Hessian.
+        cg_subsample: TRPO computes the KL Hessian that conjugate gradient inverts on every
+            ``cg_subsample``-th time step of the post-update trajectories only (1, the default:
+            every step, as in MAML-TRPO and MAESN). The gradient and the line search's KL and
+            surrogate always use every step, so the trust region is enforced on the whole batch;
+            a subsample only makes the step's direction and length noisier. OpenAI Baselines'
+            TRPO uses every 5th sample; on large batches the Hessian-vector products dominate
+            the outer step's time (MAESN at its paper sizes: see the README's benchmarks).
         backtrack_ratio: TRPO line-search shrink factor (reference 0.8).
         max_backtracks: TRPO line-search trials (reference 15).
         **kwargs: see :class:`~lightning_metarl.algorithms.gradient.GradientMetaRLModule`.
@@ -69,6 +76,7 @@ class MAML(GradientMetaRLModule):
         max_kl: float = 0.01,
         cg_iterations: int = 10,
         cg_damping: float = 1e-5,
+        cg_subsample: int = 1,
         backtrack_ratio: float = 0.8,
         max_backtracks: int = 15,
         **kwargs: Any,
@@ -82,7 +90,8 @@ class MAML(GradientMetaRLModule):
             raise ConfigError(f"model.max_kl must be positive, got {max_kl}")
         if not 0 < backtrack_ratio < 1:
             raise ConfigError(f"model.backtrack_ratio must be in (0, 1), got {backtrack_ratio}")
-        for name, value in (("cg_iterations", cg_iterations), ("max_backtracks", max_backtracks)):
+        for name, value in (("cg_iterations", cg_iterations), ("max_backtracks", max_backtracks),
+                            ("cg_subsample", cg_subsample)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
         if not cg_damping >= 0:
@@ -109,14 +118,19 @@ class MAML(GradientMetaRLModule):
         return batch.get("dice_baseline")
 
     # ------------------------------------------------------------------ outer step
-    def outer_loss(self, meta_batch: MetaBatch, path: list[TensorDictBase]) -> torch.Tensor:
+    def outer_loss(self, meta_batch: MetaBatch, path: list[TensorDictBase],
+                   post_distribution: DiagGaussian | None = None) -> torch.Tensor:
         """Mean over tasks of the post-update surrogate of the adapted state (a function of the meta-parameters).
 
         ``path`` is :meth:`adaptation_path` at the current meta-parameters: the state that
         collected each pre-update batch, then the adapted one (``path[-1]``).
+        ``post_distribution``: ``path[-1]``'s :meth:`distribution` on the post-update batch, if
+        the caller already evaluated it (TRPO's line search shares it with the KL).
         """
         post = meta_batch.post_update
-        log_prob = self.log_prob(path[-1], post)
+        if post_distribution is None:
+            post_distribution = self.distribution(path[-1], post)
+        log_prob = post_distribution.log_prob(post.get("action"))
         advantage, mask = post.get("advantage"), post.get("mask")
         if self.hparams.outer_optimizer == "adam":
             return vpg_loss(log_prob, advantage, mask).mean()
@@ -141,7 +155,10 @@ class MAML(GradientMetaRLModule):
         # KL(collecting || current) and its gradient are then exactly 0, so the Hessian whose
         # products conjugate gradient inverts is exactly the Fisher term; the stored copy differs
         # by rounding, which the small eigenvalues of that Hessian amplify.
+        curvature_batch = post if hp.cg_subsample == 1 else post[..., :: hp.cg_subsample]
         collecting = self.fixed_distribution(meta_batch.fast_states[-1], post)
+        collecting_on_subsample = (collecting if hp.cg_subsample == 1
+                                   else self.fixed_distribution(meta_batch.fast_states[-1], curvature_batch))
 
         def path() -> list[TensorDictBase]:
             return self.adaptation_path(meta_batch.pre_update)
@@ -150,12 +167,13 @@ class MAML(GradientMetaRLModule):
             # the line search's values: one inner step, without the graph a meta-gradient needs
             states = self.adaptation_path(meta_batch.pre_update, create_graph=False)
             with torch.no_grad():
-                return self.outer_loss(meta_batch, states), self.kl(collecting, states[-1], post).mean()
+                adapted = self.distribution(states[-1], post)
+                return self.outer_loss(meta_batch, states, adapted), mean_kl(collecting, adapted, post).mean()
 
         info = trpo_step(
             list(self.parameters()),
             lambda: self.outer_loss(meta_batch, path()),
-            lambda: self.kl(collecting, path()[-1], post).mean(),
+            lambda: self.kl(collecting_on_subsample, path()[-1], curvature_batch).mean(),
             evaluate_fn=evaluate,
             max_kl=hp.max_kl,
             cg_iterations=hp.cg_iterations,
