@@ -50,7 +50,6 @@ def _silence_known_warnings() -> None:
         r".*isinstance\(treespec, LeafSpec\).*",
         r".*LeafSpec.*deprecated.*",
         r".*The number of training batches.*smaller than the logging interval.*",
-        r".*configure_optimizers. returned .None., this fit will run with no optimizer.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
 

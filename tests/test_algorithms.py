@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from conftest import with_optimizers
 
 from lightning_metarl.algorithms import (
     CAVIA,
@@ -26,7 +27,7 @@ SIZES = dict(meta_batch_size=3, rollouts_per_task=4, horizon=8, env_kwargs={"rew
 
 def build(cls: type[MetaRLModule], **kwargs) -> MetaRLModule:
     torch.manual_seed(0)  # the same initial policy for every module
-    return cls(**SIZES, **kwargs)
+    return with_optimizers(cls(**SIZES, **kwargs))
 
 
 def collect_batches(module: MetaRLModule) -> MetaBatch:
@@ -200,7 +201,7 @@ def test_trpo_cg_subsample_changes_the_direction_but_the_trust_region_holds_on_e
     every = build(cls, outer_optimizer="trpo", max_kl=1e-3, **kwargs)
     meta_batch = collect_batches(every)
     before = copy.deepcopy(every)
-    subsampled = copy.deepcopy(every)
+    subsampled = with_optimizers(copy.deepcopy(every))  # with the table rows of the tasks that collected meta_batch
     subsampled.hparams.cg_subsample = 3
     metrics_every = every.meta_update(meta_batch)
     metrics_sub = subsampled.meta_update(meta_batch)

@@ -48,6 +48,16 @@ def test_fit_logs_scalars_config_and_checkpoints(in_tmp: Path):
     assert checkpoint["state_dict"]["iteration"].item() == 2
 
 
+@pytest.mark.parametrize("outer", ["adam", "trpo"])
+def test_every_epoch_writes_its_checkpoint_whatever_the_outer_step(in_tmp: Path, outer: str):
+    """Lightning's checkpoints count optimizer steps: TRPO's step is one (``TrustRegion``), or no epoch would be saved."""
+    fit("--model.init_args.outer_optimizer", outer, "--trainer.logger.init_args.name", outer, epochs=3)
+    folder = in_tmp / "runs" / outer / "version_0" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "epoch=0-step=1.ckpt", "epoch=1-step=2.ckpt", "epoch=2-step=3.ckpt", "last.ckpt"]
+    assert torch.load(folder / "epoch=1-step=2.ckpt", weights_only=True)["state_dict"]["iteration"].item() == 2
+
+
 def test_same_seed_same_metrics_other_seed_differs(in_tmp: Path):
     fit(seed=11)
     fit(seed=11)

@@ -9,7 +9,14 @@ import torch
 
 from lightning_metarl.nn import gaussian_kl, gaussian_log_prob
 from lightning_metarl.objectives import likelihood_ratio_loss, vpg_loss
-from lightning_metarl.optim import conjugate_gradient, flat_grad, hessian_vector_product, trpo_step
+from lightning_metarl.optim import (
+    TrustRegion,
+    TrustRegionObjective,
+    conjugate_gradient,
+    flat_grad,
+    hessian_vector_product,
+    trpo_step,
+)
 
 DTYPE = torch.float64
 
@@ -115,6 +122,22 @@ def test_trpo_step_respects_the_trust_region_and_improves_the_surrogate():
     # the full step of the quadratic model lands near the KL bound: the accepted KL is close to it
     assert info.kl > 0.5 * 0.01 * info.step_fraction**2
     assert info.expected_improvement > 0
+
+
+def test_trust_region_optimizer_takes_the_step_of_trpo_step_with_its_settings():
+    params, loss_fn, kl_fn = gaussian_problem()
+    twin, twin_loss_fn, twin_kl_fn = gaussian_problem()
+    optimizer = TrustRegion(params, max_kl=0.003, max_backtracks=4)
+    info = optimizer.step(lambda: TrustRegionObjective(loss_fn, kl_fn))
+    expected = trpo_step(twin, twin_loss_fn, twin_kl_fn, max_kl=0.003, max_backtracks=4)
+    assert info == expected and info.accepted and info.kl <= 0.003
+    for a, b in zip(params, twin):
+        assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="TrustRegionObjective"):
+        optimizer.step(loss_fn)
+    with pytest.raises(TypeError, match="max_kll"):
+        TrustRegion(params, max_kll=0.01)
+    assert optimizer.state_dict()["param_groups"][0]["max_kl"] == 0.003
 
 
 def test_trpo_step_direction_is_the_natural_gradient():

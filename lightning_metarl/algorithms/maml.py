@@ -14,7 +14,7 @@ from lightning_metarl.data.returns import discounted_rewards
 from lightning_metarl.errors import ConfigError
 from lightning_metarl.nn import DiagGaussian, linear_baseline_values
 from lightning_metarl.objectives import dice_loss, likelihood_ratio_loss, vpg_loss
-from lightning_metarl.optim import trpo_step
+from lightning_metarl.optim import TrustRegion, TrustRegionObjective
 
 InnerObjective = Literal["vpg", "lvc", "dice"]
 OuterOptimizer = Literal["adam", "trpo"]
@@ -46,7 +46,7 @@ class MAML(GradientMetaRLModule):
 
     Outer step ``"adam"`` (MAML-VPG): one Adam step on ``-mean log pi_theta'(a|s) A`` of the
     post-update batch. ``"trpo"`` (MAML-TRPO): a trust-region step
-    (:func:`~lightning_metarl.optim.trpo_step`) on the likelihood-ratio surrogate with
+    (:class:`~lightning_metarl.optim.TrustRegion`, the module's optimizer) on the likelihood-ratio surrogate with
     ``mean KL(pi_theta'_old || pi_theta') <= max_kl`` on post-update states, both computed
     through the inner step.
 
@@ -170,20 +170,19 @@ class MAML(GradientMetaRLModule):
                 adapted = self.distribution(states[-1], post)
                 return self.outer_loss(meta_batch, states, adapted), mean_kl(collecting, adapted, post).mean()
 
-        info = trpo_step(
-            list(self.parameters()),
+        objective = TrustRegionObjective(
             lambda: self.outer_loss(meta_batch, path()),
             lambda: self.kl(collecting_on_subsample, path()[-1], curvature_batch).mean(),
-            evaluate_fn=evaluate,
-            max_kl=hp.max_kl,
-            cg_iterations=hp.cg_iterations,
-            damping=hp.cg_damping,
-            backtrack_ratio=hp.backtrack_ratio,
-            max_backtracks=hp.max_backtracks,
-            reduce=distributed.all_reduce_mean,
+            evaluate,
         )
+        info = self.optimizers().step(closure=lambda: objective)
         return info.metrics()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer | None:
-        """Adam for the VPG outer step; none for TRPO (the step is computed in :meth:`trpo_update`)."""
-        return None if self.hparams.outer_optimizer == "trpo" else super().configure_optimizers()
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam for the VPG outer step; :class:`~lightning_metarl.optim.TrustRegion` over all meta-parameters for TRPO."""
+        hp = self.hparams
+        if hp.outer_optimizer != "trpo":
+            return super().configure_optimizers()
+        return TrustRegion(self.parameters(), max_kl=hp.max_kl, cg_iterations=hp.cg_iterations, damping=hp.cg_damping,
+                           backtrack_ratio=hp.backtrack_ratio, max_backtracks=hp.max_backtracks,
+                           reduce=distributed.all_reduce_mean)

@@ -2,10 +2,12 @@
 
 from lightning_metarl.optim.trpo import (
     TRPOStepInfo,
+    TrustRegion,
+    TrustRegionObjective,
     conjugate_gradient,
     flat_grad,
     hessian_vector_product,
     trpo_step,
 )
 
-__all__ = ["TRPOStepInfo", "conjugate_gradient", "flat_grad", "hessian_vector_product", "trpo_step"]
+__all__ = ["TRPOStepInfo", "TrustRegion", "TrustRegionObjective", "conjugate_gradient", "flat_grad", "hessian_vector_product", "trpo_step"]

@@ -8,14 +8,16 @@ Written for any list of parameter tensors and two closures, so the same step ser
 TRPO and meta-learning: the surrogate and the KL may be computed through an inner adaptation
 step (``kl_fn`` builds ``theta'(theta)`` with ``create_graph=True`` and returns the mean KL of
 the post-update policy), in which case the Hessian-vector products differentiate through the
-inner step. TRPO is an optimizer, not a loss, so this module has functions, not a
-``LossModule``.
+inner step. TRPO is an optimizer, not a loss: :func:`trpo_step` is the step on any list of
+tensors, and :class:`TrustRegion` is the same step as a ``torch.optim.Optimizer``, which a
+``LightningModule`` returns from ``configure_optimizers`` and steps with
+``self.optimizers().step(closure)`` (so that Lightning counts its steps like any other).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -207,3 +209,61 @@ def trpo_step(
         if math.isfinite(loss_new) and math.isfinite(kl_new) and loss_new < loss_before and kl_new <= max_kl:
             return TRPOStepInfo(True, loss_before, loss_new, kl_new, fraction, k + 1, expected_improvement)
     return rejected(max_backtracks)
+
+
+@dataclass(frozen=True)
+class TrustRegionObjective:
+    """What one :class:`TrustRegion` step evaluates: the closures of :func:`trpo_step`.
+
+    Attributes:
+        loss_fn: the surrogate loss at the current parameter values (differentiable).
+        kl_fn: the mean KL to the policy the step starts from (differentiable twice).
+        evaluate_fn: optional ``(loss, kl)`` without the graphs, for the line search.
+    """
+
+    loss_fn: Callable[[], torch.Tensor]
+    kl_fn: Callable[[], torch.Tensor]
+    evaluate_fn: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+#: The settings of :func:`trpo_step` that a :class:`TrustRegion` keeps in its parameter group, with their defaults.
+TRUST_REGION_DEFAULTS: dict[str, float] = {
+    "max_kl": 0.01, "cg_iterations": 10, "damping": 1e-5, "backtrack_ratio": 0.8, "max_backtracks": 15,
+}
+
+
+class TrustRegion(torch.optim.Optimizer):
+    """:func:`trpo_step` as a ``torch.optim.Optimizer`` over one parameter group.
+
+    ``step(closure)``: ``closure()`` returns a :class:`TrustRegionObjective` (in a
+    ``LightningModule``, ``self.optimizers().step(closure=...)``; Lightning's precision plugin
+    calls the closure once, then its ``on_before_optimizer_step`` hooks); the step returns its
+    :class:`TRPOStepInfo`. The settings live in the parameter group (they are saved with the
+    optimizer's state); ``reduce`` (the mean over the processes of a multi-process run) does
+    not. The step keeps no state between calls.
+
+    Args:
+        params: the parameters the trust region constrains jointly (one group).
+        reduce: see :func:`trpo_step`.
+        **settings: ``max_kl``, ``cg_iterations``, ``damping``, ``backtrack_ratio``,
+            ``max_backtracks`` of :func:`trpo_step` (defaults: :data:`TRUST_REGION_DEFAULTS`).
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
+                 **settings: float) -> None:
+        unknown = sorted(set(settings) - set(TRUST_REGION_DEFAULTS))
+        if unknown:
+            raise TypeError(f"TrustRegion: unknown settings {unknown}; known: {sorted(TRUST_REGION_DEFAULTS)}")
+        super().__init__(params, {**TRUST_REGION_DEFAULTS, **settings})
+        if len(self.param_groups) != 1:
+            raise ValueError("TrustRegion takes one parameter group: its KL constrains all parameters jointly")
+        self.reduce = reduce
+
+    def step(self, closure: Callable[[], TrustRegionObjective]) -> TRPOStepInfo:  # type: ignore[override]
+        """One trust-region step on the group's parameters, in place, on the objective ``closure()`` returns."""
+        objective = closure()
+        if not isinstance(objective, TrustRegionObjective):
+            raise TypeError(f"TrustRegion.step: the closure must return a TrustRegionObjective, got {type(objective).__name__}")
+        group = self.param_groups[0]
+        return trpo_step(group["params"], objective.loss_fn, objective.kl_fn, reduce=self.reduce,
+                         evaluate_fn=objective.evaluate_fn, **{key: group[key] for key in TRUST_REGION_DEFAULTS})
