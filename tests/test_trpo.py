@@ -9,14 +9,8 @@ import torch
 
 from lightning_metarl.nn import gaussian_kl, gaussian_log_prob
 from lightning_metarl.objectives import likelihood_ratio_loss, vpg_loss
-from lightning_metarl.optim import (
-    TrustRegion,
-    TrustRegionObjective,
-    conjugate_gradient,
-    flat_grad,
-    hessian_vector_product,
-    trpo_step,
-)
+from lightning_metarl.optim import conjugate_gradient, flat_grad, hessian_vector_product, trpo_step
+from lightning_metarl.optim.trpo import TrustRegion, TrustRegionObjective
 
 DTYPE = torch.float64
 
