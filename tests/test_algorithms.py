@@ -194,15 +194,19 @@ def test_trpo_trust_region_holds_for_policies_outside_the_fast_state(cls, kwargs
     assert metrics["kl/post_update"].item() == pytest.approx(kl, rel=1e-3)
 
 
-@pytest.mark.parametrize("cls, kwargs", [(MAML, {"inner_objective": "lvc"}), (MAESN, {"num_train_tasks": 5})],
-                         ids=["maml", "maesn"])
-def test_trpo_cg_subsample_changes_the_direction_but_the_trust_region_holds_on_every_step(cls, kwargs):
-    """``cg_subsample: k``: the KL Hessian comes from every k-th step; gradient and line search see the whole batch."""
+@pytest.mark.parametrize("option, cls, kwargs", [
+    ("cg_subsample", MAML, {"inner_objective": "lvc"}), ("cg_subsample", MAESN, {"num_train_tasks": 5}),
+    ("cg_inner_subsample", MAML, {"inner_objective": "lvc"}), ("cg_inner_subsample", MAML, {"inner_objective": "dice"}),
+    ("cg_inner_subsample", CAVIA, {}),
+], ids=["steps-maml", "steps-maesn", "trajectories-maml-lvc", "trajectories-maml-dice", "trajectories-cavia"])
+def test_trpo_cg_subsample_changes_the_direction_but_the_trust_region_holds_on_every_step(option, cls, kwargs):
+    """``cg_subsample: k`` (every k-th post-update step) and ``cg_inner_subsample: k`` (an inner step on every k-th
+    pre-update trajectory) change only the KL Hessian: gradient and line search see the whole batch."""
     every = build(cls, outer_optimizer="trpo", max_kl=1e-3, **kwargs)
     meta_batch = collect_batches(every)
     before = copy.deepcopy(every)
     subsampled = with_optimizers(copy.deepcopy(every))  # with the table rows of the tasks that collected meta_batch
-    subsampled.hparams.cg_subsample = 3
+    setattr(subsampled.hparams, option, 3)
     metrics_every = every.meta_update(meta_batch)
     metrics_sub = subsampled.meta_update(meta_batch)
     assert metrics_every["trpo/accepted"] == metrics_sub["trpo/accepted"] == 1.0

@@ -12,7 +12,7 @@ TINY = dict(meta_batch_size=2, rollouts_per_task=2, horizon=4)
 BAD = [
     (MAML, "inner_lr", -0.1), (MAML, "inner_lr", 0.0), (MAML, "outer_lr", -1e-3), (MAML, "outer_lr", float("nan")),
     (MAML, "max_kl", 0.0), (MAML, "backtrack_ratio", 1.0), (MAML, "cg_iterations", 0), (MAML, "max_backtracks", 0),
-    (MAML, "cg_damping", -1.0), (MAML, "cg_subsample", 0), (MAML, "num_inner_steps", 0), (MAML, "discount", 1.5), (MAML, "gae_lambda", -0.1),
+    (MAML, "cg_damping", -1.0), (MAML, "cg_subsample", 0), (MAML, "cg_inner_subsample", 0), (MAML, "num_inner_steps", 0), (MAML, "discount", 1.5), (MAML, "gae_lambda", -0.1),
     (MAML, "init_std", 0.0), (MAML, "horizon", 0), (MAML, "meta_batch_size", 0), (MAML, "eval_batches", 0),
     (MAML, "exploration_rollouts_per_task", 0), (MAML, "max_nonfinite_updates", 0), (MAML, "inner_objective", "lvcc"), (MAML, "outer_optimizer", "sgd"),
     (EMAML, "exploration_weight", -1.0),

@@ -63,6 +63,16 @@ class MAML(GradientMetaRLModule):
             a subsample only makes the step's direction and length noisier. OpenAI Baselines'
             TRPO uses every 5th sample; on large batches the Hessian-vector products dominate
             the outer step's time (MAESN at its paper sizes: see the README's benchmarks).
+        cg_inner_subsample: TRPO computes that KL Hessian through an inner step taken on every
+            ``cg_inner_subsample``-th pre-update trajectory of each task only (1, the default:
+            all of them). Every product of conjugate gradient differentiates the KL through the
+            inner step, i.e. three times through the policy on every pre-update step: where the
+            inner step adapts the policy weights on a large batch (MAML-TRPO and CAVIA at
+            MAESN's sizes, 20 tasks x 50 trajectories x H = 200) that is most of the outer
+            step's time. The Hessian is then the one of the KL to the policy adapted on the
+            subsample, at the current meta-parameters (zero gradient there, as with every
+            trajectory); the gradient, the adapted policy and the line search use every
+            trajectory. MAESN's inner step reads only the episode latents, so it gains nothing.
         backtrack_ratio: TRPO line-search shrink factor (reference 0.8).
         max_backtracks: TRPO line-search trials (reference 15).
         **kwargs: see :class:`~lightning_metarl.algorithms.gradient.GradientMetaRLModule`.
@@ -77,6 +87,7 @@ class MAML(GradientMetaRLModule):
         cg_iterations: int = 10,
         cg_damping: float = 1e-5,
         cg_subsample: int = 1,
+        cg_inner_subsample: int = 1,
         backtrack_ratio: float = 0.8,
         max_backtracks: int = 15,
         **kwargs: Any,
@@ -91,7 +102,7 @@ class MAML(GradientMetaRLModule):
         if not 0 < backtrack_ratio < 1:
             raise ConfigError(f"model.backtrack_ratio must be in (0, 1), got {backtrack_ratio}")
         for name, value in (("cg_iterations", cg_iterations), ("max_backtracks", max_backtracks),
-                            ("cg_subsample", cg_subsample)):
+                            ("cg_subsample", cg_subsample), ("cg_inner_subsample", cg_inner_subsample)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
         if not cg_damping >= 0:
@@ -157,8 +168,16 @@ class MAML(GradientMetaRLModule):
         # by rounding, which the small eigenvalues of that Hessian amplify.
         curvature_batch = post if hp.cg_subsample == 1 else post[..., :: hp.cg_subsample]
         collecting = self.fixed_distribution(meta_batch.fast_states[-1], post)
-        collecting_on_subsample = (collecting if hp.cg_subsample == 1
-                                   else self.fixed_distribution(meta_batch.fast_states[-1], curvature_batch))
+        inner_batches = (meta_batch.pre_update if hp.cg_inner_subsample == 1
+                         else [batch[:, :: hp.cg_inner_subsample] for batch in meta_batch.pre_update])
+        if hp.cg_inner_subsample != 1:
+            # the policy adapted on the subsample at the current meta-parameters: the KL's minimum
+            curvature_state = self.adaptation_path(inner_batches, create_graph=False)[-1]
+            collecting_on_subsample = self.fixed_distribution(curvature_state, curvature_batch)
+        elif hp.cg_subsample != 1:
+            collecting_on_subsample = self.fixed_distribution(meta_batch.fast_states[-1], curvature_batch)
+        else:
+            collecting_on_subsample = collecting
 
         def path() -> list[TensorDictBase]:
             return self.adaptation_path(meta_batch.pre_update)
@@ -172,7 +191,7 @@ class MAML(GradientMetaRLModule):
 
         objective = TrustRegionObjective(
             lambda: self.outer_loss(meta_batch, path()),
-            lambda: self.kl(collecting_on_subsample, path()[-1], curvature_batch).mean(),
+            lambda: self.kl(collecting_on_subsample, self.adaptation_path(inner_batches)[-1], curvature_batch).mean(),
             evaluate,
         )
         info = self.optimizers().step(closure=lambda: objective)
