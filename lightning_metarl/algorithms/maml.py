@@ -72,7 +72,8 @@ class MAML(GradientMetaRLModule):
             step's time. The Hessian is then the one of the KL to the policy adapted on the
             subsample, at the current meta-parameters (zero gradient there, as with every
             trajectory); the gradient, the adapted policy and the line search use every
-            trajectory. MAESN's inner step reads only the episode latents, so it gains nothing.
+            trajectory. MAESN's inner step on ``omega`` reads only the episode latents, so it
+            gains only with ``adapt_policy``.
         backtrack_ratio: TRPO line-search shrink factor (reference 0.8).
         max_backtracks: TRPO line-search trials (reference 15).
         **kwargs: see :class:`~lightning_metarl.algorithms.gradient.GradientMetaRLModule`.
@@ -170,17 +171,11 @@ class MAML(GradientMetaRLModule):
         collecting = self.fixed_distribution(meta_batch.fast_states[-1], post)
         inner_batches = (meta_batch.pre_update if hp.cg_inner_subsample == 1
                          else [batch[:, :: hp.cg_inner_subsample] for batch in meta_batch.pre_update])
-        if hp.cg_inner_subsample != 1:
-            # the policy adapted on the subsample at the current meta-parameters: the KL's minimum
-            curvature_state = self.adaptation_path(inner_batches, create_graph=False)[-1]
-            collecting_on_subsample = self.fixed_distribution(curvature_state, curvature_batch)
-        elif hp.cg_subsample != 1:
-            collecting_on_subsample = self.fixed_distribution(meta_batch.fast_states[-1], curvature_batch)
-        else:
-            collecting_on_subsample = collecting
-
-        def path() -> list[TensorDictBase]:
-            return self.adaptation_path(meta_batch.pre_update)
+        # the KL's minimum: the policy adapted on the inner subsample at the current meta-parameters
+        curvature_state = (meta_batch.fast_states[-1] if hp.cg_inner_subsample == 1
+                           else self.adaptation_path(inner_batches, create_graph=False)[-1])
+        collecting_on_subsample = (collecting if hp.cg_subsample == hp.cg_inner_subsample == 1
+                                   else self.fixed_distribution(curvature_state, curvature_batch))
 
         def evaluate() -> tuple[torch.Tensor, torch.Tensor]:
             # the line search's values: one inner step, without the graph a meta-gradient needs
@@ -190,7 +185,7 @@ class MAML(GradientMetaRLModule):
                 return self.outer_loss(meta_batch, states, adapted), mean_kl(collecting, adapted, post).mean()
 
         objective = TrustRegionObjective(
-            lambda: self.outer_loss(meta_batch, path()),
+            lambda: self.outer_loss(meta_batch, self.adaptation_path(meta_batch.pre_update)),
             lambda: self.kl(collecting_on_subsample, self.adaptation_path(inner_batches)[-1], curvature_batch).mean(),
             evaluate,
         )
