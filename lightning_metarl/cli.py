@@ -34,6 +34,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_metarl.algorithms import MetaRLModule
+from lightning_metarl.allocator import retain_freed_memory
 from lightning_metarl.callbacks import IterationCheckpoint
 from lightning_metarl.distributed import meta_rl_strategy
 from lightning_metarl.errors import CheckpointError, ConfigError, MetaRLError
@@ -366,6 +367,7 @@ def _check_algorithm_name(name: str, where: str) -> None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m lightning_metarl``; exits with status 2 on bad input."""
     _silence_known_warnings()
+    retain_freed_memory()
     try:
         _precheck(list(sys.argv[1:] if args is None else args))
         MetaRLCLI(args=args)

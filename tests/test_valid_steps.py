@@ -170,3 +170,58 @@ def test_outer_losses_on_early_terminated_episodes_equal_evaluating_every_step(m
     assert len(compact) == len(full) > 3
     for a, b in zip(compact, full):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def mapped_forward(net: GaussianMLPPolicy, params, *inputs: torch.Tensor):
+    """``net.forward`` mapped over the task dimension with ``torch.vmap`` (the generic path of ``call_per_task``)."""
+
+    def apply(p, *xs):
+        return torch.func.functional_call(net, p.flatten_keys(".").to_dict(), xs, strict=False)
+
+    return torch.vmap(apply)(params, *inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_per_task_policy_evaluation_equals_mapping_forward_over_tasks(dtype: torch.dtype):
+    """``GaussianMLPPolicy.forward_per_task`` (batched matrix products): the values, first and second derivatives of the vmapped ``forward``."""
+    inputs, _ = padded_inputs()
+    inputs = [x.detach().to(dtype).requires_grad_(True) for x in inputs]
+    net = policy().to(dtype)
+    params = per_task_params(net)
+    weights = list(params.values(True, True))
+    tolerance = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    assert net.forward_per_task(params, *inputs) is not None  # the batched path, not the vmapped fallback
+    ours = call_per_task(net, params, *inputs)
+    reference = mapped_forward(net, params, *inputs)
+    assert ours[0].shape == reference[0].shape == (N_TASKS, ROLLOUTS, T, 2)
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, **tolerance)
+
+    def gradients(outputs, create_graph):
+        value = (outputs[0].tanh() * outputs[1].exp()).sum()
+        return torch.autograd.grad(value, [*weights, *inputs], create_graph=create_graph)
+
+    first, first_reference = gradients(ours, True), gradients(reference, True)
+    for a, b in zip(first, first_reference):
+        torch.testing.assert_close(a / b.abs().max(), b / b.abs().max(), **tolerance)
+    second = torch.autograd.grad(sum((g * g).sum() for g in first), weights)
+    second_reference = torch.autograd.grad(sum((g * g).sum() for g in first_reference), weights)
+    for a, b in zip(second, second_reference):  # up to rounding, relative to each gradient's scale
+        torch.testing.assert_close(a / b.abs().max(), b / b.abs().max(), **tolerance)
+
+
+def test_per_task_policy_evaluation_falls_back_where_it_does_not_apply():
+    inputs, _ = padded_inputs()
+    net = policy()
+    params = per_task_params(net)
+    assert net.forward_per_task(params.exclude("log_std"), *inputs) is None  # a parameter missing: the module's own
+
+    class Shifted(GaussianMLPPolicy):
+        def forward(self, observation, *extra):
+            return super().forward(observation + 1.0, *extra)
+
+    torch.manual_seed(0)
+    shifted = Shifted(5, 2, (8,), extra_inputs={"task": 2, "episode": 3}).double()
+    assert shifted.forward_per_task(params, *inputs) is None  # an overridden forward is mapped, not bypassed
+    torch.testing.assert_close(call_per_task(shifted, params, *inputs)[0], mapped_forward(shifted, params, *inputs)[0],
+                               rtol=0, atol=0)

@@ -116,6 +116,9 @@ def run(config: Path, iterations: int, warmup: int, overrides: list[str], accele
     """Train ``warmup + iterations`` meta-iterations on one ``accelerator`` device and measure the last ``iterations``."""
     from lightning import Trainer
 
+    from lightning_metarl.allocator import retain_freed_memory
+
+    retain_freed_memory()  # as python -m lightning_metarl does
     module = build_module(config, overrides)
     recorder = Recorder(module)
     module.hparams.iterations_per_epoch = warmup + iterations

@@ -3,8 +3,9 @@
 Parameters are TensorDicts of the module's *parameters* (:func:`module_params`; buffers are
 never adapted and always come from the module). Shared parameters have batch size ``[]``;
 per-task (adapted) parameters have batch size ``[n_tasks]``, and :func:`call_per_task` maps
-the module's ``forward`` over the task dimension with ``torch.vmap``, so a MAML inner step for
-40 tasks is a single batched forward and backward pass. :func:`distribution_per_task` wraps
+the module's ``forward`` over the task dimension with ``torch.vmap`` (or lets the module
+compute it with batched matrix products, :meth:`GaussianMLPPolicy.forward_per_task`), so a MAML
+inner step for 40 tasks is a single batched forward and backward pass. :func:`distribution_per_task` wraps
 the policy's output in a :class:`~lightning_metarl.nn.distributions.DiagGaussian`.
 """
 
@@ -26,10 +27,12 @@ def call_per_task(module: nn.Module, params: TensorDictBase, *args: torch.Tensor
     """``module(*args)`` evaluated with ``params`` in place of the module's own parameters.
 
     If ``params`` has batch size ``[n_tasks]``, every ``arg`` must have a leading task
-    dimension of size ``n_tasks``; the call is vmapped over it and the outputs carry it too.
-    With batch size ``[]`` the module is called once on the full ``args``. Entries missing from
-    ``params`` (buffers) are the module's own. The module is never modified
-    (``torch.func.functional_call``).
+    dimension of size ``n_tasks``; the call is vmapped over it and the outputs carry it too (a
+    module with a ``forward_per_task(params, *args)`` method, such as
+    :class:`~lightning_metarl.nn.GaussianMLPPolicy`, computes that function itself, batched over
+    the tasks, unless the method returns ``None``). With batch size ``[]`` the module is called
+    once on the full ``args``. Entries missing from ``params`` (buffers) are the module's own.
+    The module is never modified (``torch.func.functional_call``).
     """
 
     def apply(p: TensorDictBase, *xs: torch.Tensor) -> Any:
@@ -42,6 +45,11 @@ def call_per_task(module: nn.Module, params: TensorDictBase, *args: torch.Tensor
     for x in args:
         if x.shape[:1] != params.batch_size:
             raise ValueError(f"inputs need a leading task dimension {list(params.batch_size)}, got {list(x.shape)}")
+    per_task = getattr(module, "forward_per_task", None)
+    if per_task is not None:
+        outputs = per_task(params, *args)
+        if outputs is not None:
+            return outputs
     return torch.vmap(apply, in_dims=(0,) * (1 + len(args)), randomness="error")(params, *args)
 
 

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
+from tensordict import TensorDictBase
 from torch import nn
 
 from lightning_metarl.nn.distributions import gaussian_log_prob
@@ -89,6 +90,43 @@ class GaussianMLPPolicy(nn.Module):
         x = inputs[0] if len(inputs) == 1 else concat_inputs(inputs)
         mean = self.mean_net(x)
         return mean, self.log_std.expand_as(mean)
+
+    def forward_per_task(self, params: TensorDictBase, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`forward` with per-task parameters, or ``None`` where it does not apply.
+
+        ``params`` (batch size ``[n_tasks]``) holds every parameter of the policy for each task;
+        ``inputs`` have a leading task dimension. Each linear layer is one batched matrix
+        product of all tasks (``torch.bmm``): the function that mapping :meth:`forward` over
+        the task dimension computes (``torch.vmap``, as
+        :func:`~lightning_metarl.nn.functional.call_per_task` does otherwise), without its
+        per-call overhead. ``None`` when ``params`` lacks a parameter or a subclass overrides
+        :meth:`forward` (the caller then maps :meth:`forward`).
+        """
+        if type(self).forward is not GaussianMLPPolicy.forward:
+            return None
+        weights = []
+        for name, layer in self.mean_net.named_children():
+            if isinstance(layer, nn.Linear):
+                weight, bias = params.get(("mean_net", name, "weight"), None), params.get(("mean_net", name, "bias"), None)
+                if weight is None or bias is None:
+                    return None
+                weights.append((weight.transpose(1, 2), bias.unsqueeze(1)))
+        log_std = params.get("log_std", None)
+        if log_std is None:
+            return None
+        x = inputs[0] if len(inputs) == 1 else concat_inputs(inputs)
+        shape = x.shape[:-1]
+        x = x.reshape(shape[0], -1, x.shape[-1])
+        linear = iter(weights)
+        for layer in self.mean_net:
+            if isinstance(layer, nn.Linear):
+                weight, bias = next(linear)
+                x = torch.bmm(x, weight) + bias
+            else:
+                x = layer(x)
+        mean = x.reshape(*shape, x.shape[-1])
+        log_std = log_std.reshape(log_std.shape[0], *([1] * (mean.dim() - 2)), log_std.shape[-1])
+        return mean, log_std.expand_as(mean)
 
     def log_prob(self, observation: torch.Tensor, action: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         """``log pi(a|s, x)`` summed over action dimensions, shape ``[...]``."""
