@@ -21,6 +21,7 @@ from lightning_metarl.algorithms import (
 )
 from lightning_metarl.nn import behaviour_distribution
 from lightning_metarl.objectives import clipped_surrogate_loss, likelihood_ratio_loss, lvc_loss, per_task_mean
+from lightning_metarl.optim import TrustRegion
 
 SIZES = dict(meta_batch_size=3, rollouts_per_task=4, horizon=8, env_kwargs={"reward_type": "dense"})
 
@@ -219,6 +220,36 @@ def test_trpo_cg_subsample_changes_the_direction_but_the_trust_region_holds_on_e
     assert 0 < kl <= 1e-3 * 1.001
     assert metrics_sub["kl/post_update"].item() == pytest.approx(kl, rel=1e-3)
     assert metrics_sub["loss/surrogate_after"] < metrics_sub["loss/surrogate_before"]
+
+
+@pytest.mark.parametrize("cg_subsample, cg_inner_subsample", [(1, 1), (3, 1), (1, 3), (3, 3)])
+@pytest.mark.parametrize("cls, kwargs", [(MAML, {"inner_objective": "lvc"}), (CAVIA, {})], ids=["maml", "cavia"])
+def test_trpo_curvature_kl_is_zero_with_zero_gradient_where_the_step_starts(monkeypatch, cls, kwargs, cg_subsample,
+                                                                             cg_inner_subsample):
+    """The KL whose Hessian conjugate gradient inverts has its minimum (0, zero gradient) at the current meta-parameters,
+    subsampled or not, so that its Hessian there is the Fisher term alone (float64)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        module = build(cls, outer_optimizer="trpo", max_kl=1e-3, cg_subsample=cg_subsample,
+                       cg_inner_subsample=cg_inner_subsample, **kwargs)
+        meta_batch = collect_batches(module)
+        original = TrustRegion.step
+        start = [p.detach().clone() for p in module.parameters()]
+
+        def capture(self, closure):
+            kl = closure().kl_fn()
+            gradient = torch.autograd.grad(kl, [p for p in module.parameters() if p.requires_grad], allow_unused=True)
+            capture.result = (kl.detach(), gradient)
+            return original(self, closure)
+
+        monkeypatch.setattr(TrustRegion, "step", capture)
+        module.meta_update(meta_batch)
+        kl, gradient = capture.result
+        assert abs(kl.item()) < 1e-12
+        assert all(g is None or g.abs().max().item() < 1e-9 for g in gradient)
+        assert any(not torch.equal(a, b) for a, b in zip(start, module.parameters()))  # and the step was taken
+    finally:
+        torch.set_default_dtype(torch.float32)
 
 
 def test_emaml_term_changes_the_meta_gradient_only_through_the_pre_update_policy():
