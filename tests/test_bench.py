@@ -30,8 +30,13 @@ def test_the_json_line_has_the_documented_keys(config: str, mujoco: bool, capsys
     if mujoco:
         assert result["ceiling_steps_per_s"] > 0
         assert result["iteration_over_ceiling"] == pytest.approx(result["steps_per_s"] / result["ceiling_steps_per_s"])
+        # the physics calls are a part of collection
+        assert 0 < result["collect_physics_share"] < 1
+        assert result["physics_steps_per_s"] > result["collect_steps_per_s"]
+        assert result["physics_steps_per_s"] == pytest.approx(result["collect_steps_per_s"] / result["collect_physics_share"])
     else:
         assert result["ceiling_steps_per_s"] is None and result["iteration_over_ceiling"] is None
+        assert result["physics_steps_per_s"] is None and result["collect_physics_share"] is None
     assert result["peak_rss_mb"] > 0
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import POINT_CONFIG, TINY
+from conftest import POINT_CONFIG, REPO, TINY
 
 from lightning_metarl.cli import main
 from lightning_metarl.evaluation import read_scalars
@@ -272,3 +272,16 @@ def test_ckpt_path_last_resumes_the_run_of_these_settings_or_the_named_one(in_tm
     fit("--trainer.logger.init_args.version", "1", "--ckpt_path", "last", epochs=2)
     assert sorted(read_scalars(runs / "version_1")["return/post_update"]) == [0, 1]
     assert not (runs / "version_2").exists()
+
+
+def test_mujoco_runs_log_the_physics_part_of_collection(in_tmp: Path):
+    """``perf/physics_s``: the seconds of the physics calls, a part of ``perf/collect_s`` (MuJoCo families only)."""
+    main(["fit", "--config", str(REPO / "conf" / "half_cheetah_fwd_bwd_promp.yaml"), *TINY,
+          "--model.init_args.horizon", "5", "--trainer.max_epochs", "1", "--model.init_args.iterations_per_epoch", "2",
+          "--trainer.limit_val_batches", "0"])
+    curves = read_scalars(in_tmp / "runs" / "half_cheetah_fwd_bwd_promp" / "version_0")
+    assert sorted(curves["perf/physics_s"]) == [0, 1]
+    for step, seconds in curves["perf/physics_s"].items():
+        assert 0 < seconds < curves["perf/collect_s"][step]
+    fit()  # the point env has no MuJoCo physics: no such tag
+    assert "perf/physics_s" not in read_scalars(in_tmp / "runs" / "point_corner_maml" / "version_0")

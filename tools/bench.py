@@ -18,6 +18,9 @@ prints, all measured in the same run:
   controls (the physics alone; :class:`bench_sampling.Ceiling`), run after every timed
   iteration with its actions (the median is reported), and the ratios to it (MuJoCo families
   only);
+- the physics inside collection: env steps/s of the env's physics calls alone
+  (``perf/physics_s``), their ratio to the ceiling, and their share of collection (the rest is
+  the policy, the env's outputs and the collector; MuJoCo families only);
 - the split of the iteration into collect / adapt / outer / other;
 - the peak resident memory of the process;
 
@@ -45,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 JSON_KEYS = (
     "config", "algorithm", "family", "accelerator", "iterations", "env_steps_per_iteration", "useful_steps_per_iteration",
     "iteration_s", "steps_per_s", "collect_steps_per_s", "useful_steps_per_s", "ceiling_steps_per_s",
-    "iteration_over_ceiling", "collect_over_ceiling", "split", "peak_rss_mb",
+    "iteration_over_ceiling", "collect_over_ceiling", "physics_steps_per_s", "physics_over_ceiling",
+    "collect_physics_share", "split", "peak_rss_mb",
 )
 
 
@@ -131,6 +135,7 @@ def run(config: Path, iterations: int, warmup: int, overrides: list[str], accele
     ceilings = [row["ceiling_steps_per_s"] for row in rows]
     ceiling = None if None in ceilings else statistics.median(ceilings)
     steps, useful = mean["env_steps"], mean["useful_steps"]
+    physics = mean.get("physics_s")  # the part of collection spent in the physics calls (MuJoCo)
     phases = {name: mean.get(f"{name}_s", 0.0) for name in ("collect", "adapt", "outer")}
     phases["other"] = max(mean["iteration_s"] - sum(phases.values()), 0.0)
     result = {
@@ -148,6 +153,9 @@ def run(config: Path, iterations: int, warmup: int, overrides: list[str], accele
         "ceiling_steps_per_s": ceiling,
         "iteration_over_ceiling": None if ceiling is None else steps / mean["iteration_s"] / ceiling,
         "collect_over_ceiling": None if ceiling is None else steps / max(mean["collect_s"], 1e-9) / ceiling,
+        "physics_steps_per_s": None if physics is None else steps / max(physics, 1e-9),
+        "physics_over_ceiling": None if physics is None or ceiling is None else steps / max(physics, 1e-9) / ceiling,
+        "collect_physics_share": None if physics is None else physics / max(mean["collect_s"], 1e-9),
         "split": {name: seconds / mean["iteration_s"] for name, seconds in phases.items()},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -173,6 +181,10 @@ def report(result: dict[str, Any]) -> str:
         + ("n/a" if ceiling is None else f"{ceiling:,.0f} steps/s"),
         f"  iteration / ceiling: {ratio(result['iteration_over_ceiling'])}; "
         f"collection / ceiling: {ratio(result['collect_over_ceiling'])}",
+        "  physics inside collection: " + ("n/a" if result["physics_steps_per_s"] is None else
+            f"{result['physics_steps_per_s']:,.0f} steps/s (/ ceiling: {ratio(result['physics_over_ceiling'])}), "
+            f"{result['collect_physics_share']:.0%} of collection; the rest (policy, env outputs, collector) "
+            f"{1 - result['collect_physics_share']:.0%}"),
         f"  split: {split}",
         f"  peak resident memory: {result['peak_rss_mb']:.0f} MB",
     ])

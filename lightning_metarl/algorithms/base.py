@@ -241,8 +241,10 @@ class MetaRLModule(LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         """One meta-iteration: sample tasks, collect and adapt, meta-update (undone if not finite), log."""
         start = time.perf_counter()
-        resets_before = self.env_resets()
+        resets_before, physics_before = self.env_resets(), self.physics_seconds()
         meta_batch = self.collect_and_adapt(self.sample_tasks())
+        if physics_before is not None:
+            meta_batch.timings["physics"] = self.physics_seconds() - physics_before
         t0 = time.perf_counter()
         snapshot = self._snapshot()
         metrics = distributed.average_scalars(self.meta_update(meta_batch))
@@ -253,6 +255,11 @@ class MetaRLModule(LightningModule):
         resets = torch.tensor(float(self.env_resets() - resets_before))
         metrics["health/env_resets_nonfinite"] = distributed.all_reduce_sum(resets)  # all ranks'
         self.log_iteration(meta_batch, metrics, time.perf_counter() - start)
+
+    def physics_seconds(self) -> float | None:
+        """Seconds spent in the physics calls of all envs so far (MuJoCo families), ``None`` if no env counts them."""
+        counts = [env.physics_seconds for env in self.physics_envs().values() if hasattr(env, "physics_seconds")]
+        return sum(counts) if counts else None
 
     def env_resets(self) -> int:
         """Env copies reset so far because their physics became unstable or non-finite (all envs)."""

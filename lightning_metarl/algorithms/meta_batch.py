@@ -21,7 +21,8 @@ class MetaBatch:
         fast_states: ``len(pre_update) + 1`` detached fast states: item ``k`` collected
             ``pre_update[k]``; the last one collected ``post_update``. Empty for methods
             that adapt nothing by gradient.
-        timings: seconds spent per phase (``collect``, ``adapt``, then ``outer``).
+        timings: seconds spent per phase (``collect``, ``adapt``, then ``outer``), and on MuJoCo
+            families ``physics``: the part of ``collect`` spent in the physics calls.
     """
 
     tasks: TensorDictBase

@@ -33,6 +33,7 @@ import contextlib
 import copy
 import functools
 import os
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -287,6 +288,8 @@ class MujocoMetaEnv(BatchedMetaEnv):
         self._obs = torch.zeros((*self.batch_size, self.observation_dim), device=self.device)
         #: Copies reset because their physics diverged (cumulative).
         self.unstable_resets = 0
+        #: Seconds spent in the physics calls of env steps (cumulative; what collection spends in MuJoCo).
+        self.physics_seconds = 0.0
         self._skip_padding = False
         #: Copies whose episode ended since the last full reset (frozen while padding is skipped).
         self._finished = np.zeros(n_copies, dtype=bool)
@@ -465,7 +468,9 @@ class MujocoMetaEnv(BatchedMetaEnv):
         self._control_view.copy_(ctrl.unsqueeze(-2).expand_as(self._control_view))
         before, after = self._current, self._next
         frozen = self._finished.copy() if self._skip_padding else None
+        start = time.perf_counter()
         self._simulate(before, after, frozen)
+        self.physics_seconds += time.perf_counter() - start
         self._current, self._next = after, before
         state = after.view
         # MuJoCo resets diverging data (its clock restarts); a non-finite state is caught here too
