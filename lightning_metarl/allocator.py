@@ -39,8 +39,8 @@ ENV_VAR = "LIGHTNING_METARL_RETAIN_MEMORY"
 def retain_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds so that freed large blocks are reused; ``True`` if set.
 
-    Returns ``False`` without changing anything off glibc, when ``mallopt`` refuses a value, or
-    when :data:`ENV_VAR` is ``0``.
+    Returns ``False`` without changing anything off glibc or when :data:`ENV_VAR` is ``0``, and
+    ``False`` when ``mallopt`` refuses a value (a threshold it accepted before stays set).
     """
     if os.environ.get(ENV_VAR, "1").strip() == "0" or platform.libc_ver()[0] != "glibc":
         return False

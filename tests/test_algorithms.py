@@ -235,16 +235,18 @@ def test_trpo_curvature_kl_is_zero_with_zero_gradient_where_the_step_starts(monk
         meta_batch = collect_batches(module)
         original = TrustRegion.step
         start = [p.detach().clone() for p in module.parameters()]
+        seen = {}
 
         def capture(self, closure):
             kl = closure().kl_fn()
-            gradient = torch.autograd.grad(kl, [p for p in module.parameters() if p.requires_grad], allow_unused=True)
-            capture.result = (kl.detach(), gradient)
+            seen["kl"] = kl.detach()
+            seen["gradient"] = torch.autograd.grad(kl, [p for p in module.parameters() if p.requires_grad],
+                                                   allow_unused=True)
             return original(self, closure)
 
         monkeypatch.setattr(TrustRegion, "step", capture)
         module.meta_update(meta_batch)
-        kl, gradient = capture.result
+        kl, gradient = seen["kl"], seen["gradient"]
         assert abs(kl.item()) < 1e-12
         assert all(g is None or g.abs().max().item() < 1e-9 for g in gradient)
         assert any(not torch.equal(a, b) for a, b in zip(start, module.parameters()))  # and the step was taken

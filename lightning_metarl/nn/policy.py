@@ -102,28 +102,20 @@ class GaussianMLPPolicy(nn.Module):
         per-call overhead. ``None`` when ``params`` lacks a parameter or a subclass overrides
         :meth:`forward` (the caller then maps :meth:`forward`).
         """
-        if type(self).forward is not GaussianMLPPolicy.forward:
-            return None
-        weights = []
-        for name, layer in self.mean_net.named_children():
-            if isinstance(layer, nn.Linear):
-                weight, bias = params.get(("mean_net", name, "weight"), None), params.get(("mean_net", name, "bias"), None)
-                if weight is None or bias is None:
-                    return None
-                weights.append((weight.transpose(1, 2), bias.unsqueeze(1)))
         log_std = params.get("log_std", None)
-        if log_std is None:
+        if type(self).forward is not GaussianMLPPolicy.forward or log_std is None:
             return None
         x = inputs[0] if len(inputs) == 1 else concat_inputs(inputs)
         shape = x.shape[:-1]
         x = x.reshape(shape[0], -1, x.shape[-1])
-        linear = iter(weights)
-        for layer in self.mean_net:
-            if isinstance(layer, nn.Linear):
-                weight, bias = next(linear)
-                x = torch.bmm(x, weight) + bias
-            else:
+        for name, layer in self.mean_net.named_children():
+            if not isinstance(layer, nn.Linear):
                 x = layer(x)
+                continue
+            weight, bias = params.get(("mean_net", name, "weight"), None), params.get(("mean_net", name, "bias"), None)
+            if weight is None or bias is None:
+                return None
+            x = torch.bmm(x, weight.transpose(1, 2)) + bias.unsqueeze(1)
         mean = x.reshape(*shape, x.shape[-1])
         log_std = log_std.reshape(log_std.shape[0], *([1] * (mean.dim() - 2)), log_std.shape[-1])
         return mean, log_std.expand_as(mean)
