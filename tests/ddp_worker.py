@@ -74,6 +74,9 @@ def main(algorithm: str, out: Path, size: int) -> None:
     if trainer.is_global_zero:
         torch.save({"params": {k: v.detach() for k, v in module.state_dict().items()}, "logged": module.logged,
                     "initial": {k: v.detach() for k, v in full.state_dict().items()}}, out / "result.pt")
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
