@@ -169,7 +169,7 @@ def test_each_ablation_changes_the_piece_it_names(switch: str, value: str):
         else:  # one standardised post-update score per task, the same for all its exploration steps
             per_task = advantages[:, 0, 0]
             assert torch.equal(advantages, per_task[:, None, None].expand_as(advantages) * explore["mask"])
-            torch.testing.assert_close(per_task.mean(), torch.tensor(0.0), atol=1e-6, rtol=0)
+            torch.testing.assert_close(per_task.mean(), torch.tensor(0.0), atol=1e-5, rtol=0)  # float32 rounding
         assert not torch.allclose(advantages, base.exploration_advantages(meta_batch))
 
 

@@ -1,5 +1,6 @@
-"""Policies, their distributions, MAME's self-supervision network, per-task functional evaluation, the collecting actors and baselines."""
+"""Policies, their distributions, the kernels of their layers (batched matrix products, tanh), MAME's self-supervision network, per-task functional evaluation, the collecting actors and baselines."""
 
+from lightning_metarl.nn.activation import Tanh, tanh
 from lightning_metarl.nn.actor import PolicyActor, behaviour_distribution
 from lightning_metarl.nn.baseline import fit_linear_baseline, linear_baseline_features, linear_baseline_values
 from lightning_metarl.nn.distributions import DiagGaussian, gaussian_kl, gaussian_log_prob
@@ -10,6 +11,7 @@ from lightning_metarl.nn.functional import (
     on_valid_steps,
     on_valid_steps_per_task,
 )
+from lightning_metarl.nn.matmul import batched_matmul
 from lightning_metarl.nn.policy import GaussianMLPPolicy, concat_inputs, mlp
 from lightning_metarl.nn.self_supervision import SelfSupervisionNetwork
 
@@ -18,6 +20,8 @@ __all__ = [
     "GaussianMLPPolicy",
     "PolicyActor",
     "SelfSupervisionNetwork",
+    "Tanh",
+    "batched_matmul",
     "behaviour_distribution",
     "call_per_task",
     "concat_inputs",
@@ -31,4 +35,5 @@ __all__ = [
     "module_params",
     "on_valid_steps",
     "on_valid_steps_per_task",
+    "tanh",
 ]

@@ -16,9 +16,11 @@ import torch
 from tensordict import TensorDictBase
 from torch import nn
 
+from lightning_metarl.nn.activation import Tanh
 from lightning_metarl.nn.distributions import gaussian_log_prob
+from lightning_metarl.nn.matmul import batched_matmul
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU}
 
 
 def mlp(in_dim: int, out_dim: int, hidden_sizes: Sequence[int], activation: str = "tanh") -> nn.Sequential:
@@ -96,8 +98,8 @@ class GaussianMLPPolicy(nn.Module):
 
         ``params`` (batch size ``[n_tasks]``) holds every parameter of the policy for each task;
         ``inputs`` have a leading task dimension. Each linear layer is one batched matrix
-        product of all tasks (``torch.bmm``): the function that mapping :meth:`forward` over
-        the task dimension computes (``torch.vmap``, as
+        product of all tasks (:func:`~lightning_metarl.nn.matmul.batched_matmul`): the function
+        that mapping :meth:`forward` over the task dimension computes (``torch.vmap``, as
         :func:`~lightning_metarl.nn.functional.call_per_task` does otherwise), without its
         per-call overhead. ``None`` when ``params`` lacks a parameter or a subclass overrides
         :meth:`forward` (the caller then maps :meth:`forward`).
@@ -115,7 +117,7 @@ class GaussianMLPPolicy(nn.Module):
             weight, bias = params.get(("mean_net", name, "weight"), None), params.get(("mean_net", name, "bias"), None)
             if weight is None or bias is None:
                 return None
-            x = torch.bmm(x, weight.transpose(1, 2)) + bias.unsqueeze(1)
+            x = batched_matmul(x, weight.transpose(1, 2)) + bias.unsqueeze(1)
         mean = x.reshape(*shape, x.shape[-1])
         log_std = log_std.reshape(log_std.shape[0], *([1] * (mean.dim() - 2)), log_std.shape[-1])
         return mean, log_std.expand_as(mean)
