@@ -1,7 +1,8 @@
-"""The networks' own kernels: the layout-choosing batched matrix product and the logistic-based tanh.
+"""The networks' own kernels: the layout-choosing batched matrix product, the logistic-based tanh and the fused per-task layer.
 
-Each must be the function it replaces (``torch.bmm``, ``torch.tanh``) in value and in first,
-second and forward-mode derivatives, under ``torch.vmap`` too.
+Each must be the function it replaces (``torch.bmm``, ``torch.tanh``, its derivative
+``tanh_backward``, a batched linear layer followed by tanh) in value and in first, second and
+forward-mode derivatives, under ``torch.vmap`` too.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_metarl.nn.activation import Tanh, tanh
+from lightning_metarl.nn.activation import Tanh, tanh, tanh_backward
+from lightning_metarl.nn.layers import per_task_dense
 from lightning_metarl.nn.matmul import batched_matmul
 from lightning_metarl.nn.policy import mlp
 
@@ -118,3 +120,74 @@ def tanh_through_autograd_function(x: torch.Tensor) -> torch.Tensor:
     from lightning_metarl.nn.activation import _Tanh
 
     return _Tanh.apply(x)
+
+
+def test_tanh_backward_is_atens_in_value_and_in_every_derivative():
+    generator = torch.Generator().manual_seed(3)
+    grad = torch.randn(4, 5, generator=generator, dtype=torch.float64).requires_grad_(True)
+    output = torch.tanh(torch.randn(4, 5, generator=generator, dtype=torch.float64)).requires_grad_(True)
+    torch.testing.assert_close(tanh_backward(grad, output), torch.ops.aten.tanh_backward(grad, output), rtol=0, atol=0)
+    assert torch.autograd.gradcheck(tanh_backward, (grad, output), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(tanh_backward, (grad, output))  # third derivatives of tanh
+
+    def second(f):  # the second-order passes of a meta-gradient, without and with a graph of them
+        value = f(grad, output)
+        first = torch.autograd.grad((value * value.cos()).sum(), (grad, output), create_graph=True)
+        return torch.autograd.grad(sum((g * g).sum() for g in first), (grad, output))
+
+    for ours, reference in zip(second(tanh_backward), second(torch.ops.aten.tanh_backward)):
+        torch.testing.assert_close(ours, reference, rtol=1e-13, atol=1e-13)
+    # a backward pass without a graph of it (the in-place branch)
+    ours = torch.autograd.grad(tanh_backward(grad, output).sin().sum(), (grad, output))
+    reference = torch.autograd.grad(torch.ops.aten.tanh_backward(grad, output).sin().sum(), (grad, output))
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+
+
+def dense_reference(x, weight, bias, activation):
+    out = torch.bmm(x, weight.transpose(1, 2)) + bias.unsqueeze(1)
+    return torch.tanh(out) if activation else out
+
+
+@pytest.mark.parametrize("activation", [False, True])
+@pytest.mark.parametrize("shape", [(3, 9, 4, 2), (3, 2, 4, 9), (2, 5, 3, 5)])
+def test_per_task_dense_is_a_batched_linear_layer_and_its_tanh_to_every_order(activation: bool, shape):
+    n, m, k, p = shape
+    generator = torch.Generator().manual_seed(m * 10 + p)
+    x = torch.randn(n, m, k, generator=generator, dtype=torch.float64).requires_grad_(True)
+    weight = torch.randn(n, p, k, generator=generator, dtype=torch.float64).requires_grad_(True)
+    bias = torch.randn(n, p, generator=generator, dtype=torch.float64).requires_grad_(True)
+    torch.testing.assert_close(per_task_dense(x, weight, bias, activation), dense_reference(x, weight, bias, activation),
+                               rtol=1e-13, atol=1e-13)
+
+    def layer(x, weight, bias):
+        return per_task_dense(x, weight, bias, activation)
+
+    assert torch.autograd.gradcheck(layer, (x, weight, bias), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(layer, (x, weight, bias))
+
+    def meta_gradient(f):  # an inner step on (weight, bias) with its graph, then a loss after it
+        inner = f(x, weight, bias, activation).pow(2).sum()
+        g_weight, g_bias = torch.autograd.grad(inner, (weight, bias), create_graph=True)
+        after = f(x, weight - 0.1 * g_weight, bias - 0.1 * g_bias, activation)
+        return torch.autograd.grad(after.sin().sum(), (x, weight, bias))
+
+    for ours, reference in zip(meta_gradient(per_task_dense), meta_gradient(dense_reference)):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    mapped = torch.vmap(layer)(x.unsqueeze(0).expand(2, -1, -1, -1), weight.unsqueeze(0).expand(2, -1, -1, -1),
+                               bias.unsqueeze(0).expand(2, -1, -1))
+    torch.testing.assert_close(mapped[1], dense_reference(x, weight, bias, activation), rtol=1e-13, atol=1e-13)
+    with torch.no_grad():
+        torch.testing.assert_close(per_task_dense(x, weight, bias, activation), dense_reference(x, weight, bias, activation),
+                                   rtol=1e-13, atol=1e-13)
+
+
+def test_per_task_dense_in_float32_and_its_shape_errors():
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(*s, generator=generator) for s in [(4, 300, 17), (4, 64, 17), (4, 64)])
+    torch.testing.assert_close(per_task_dense(x, weight, bias, True), dense_reference(x, weight, bias, True),
+                               rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"weight \[n, p, k\]"):
+        per_task_dense(x, weight, bias[:, :3])
+    with pytest.raises(ValueError, match="per_task_dense"):
+        per_task_dense(x, weight.transpose(1, 2), bias)

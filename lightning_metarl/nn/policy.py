@@ -18,7 +18,7 @@ from torch import nn
 
 from lightning_metarl.nn.activation import Tanh
 from lightning_metarl.nn.distributions import gaussian_log_prob
-from lightning_metarl.nn.matmul import batched_matmul
+from lightning_metarl.nn.layers import per_task_dense
 
 ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU}
 
@@ -98,7 +98,7 @@ class GaussianMLPPolicy(nn.Module):
 
         ``params`` (batch size ``[n_tasks]``) holds every parameter of the policy for each task;
         ``inputs`` have a leading task dimension. Each linear layer is one batched matrix
-        product of all tasks (:func:`~lightning_metarl.nn.matmul.batched_matmul`): the function
+        product of all tasks fused with its tanh (:func:`~lightning_metarl.nn.layers.per_task_dense`): the function
         that mapping :meth:`forward` over the task dimension computes (``torch.vmap``, as
         :func:`~lightning_metarl.nn.functional.call_per_task` does otherwise), without its
         per-call overhead. ``None`` when ``params`` lacks a parameter or a subclass overrides
@@ -110,14 +110,20 @@ class GaussianMLPPolicy(nn.Module):
         x = inputs[0] if len(inputs) == 1 else concat_inputs(inputs)
         shape = x.shape[:-1]
         x = x.reshape(shape[0], -1, x.shape[-1])
-        for name, layer in self.mean_net.named_children():
+        layers = list(self.mean_net.named_children())
+        fused = False  # the previous linear layer computed this tanh
+        for index, (name, layer) in enumerate(layers):
+            if fused:
+                fused = False
+                continue
             if not isinstance(layer, nn.Linear):
                 x = layer(x)
                 continue
             weight, bias = params.get(("mean_net", name, "weight"), None), params.get(("mean_net", name, "bias"), None)
             if weight is None or bias is None:
                 return None
-            x = batched_matmul(x, weight.transpose(1, 2)) + bias.unsqueeze(1)
+            fused = index + 1 < len(layers) and type(layers[index + 1][1]) is Tanh
+            x = per_task_dense(x, weight, bias, tanh=fused)
         mean = x.reshape(*shape, x.shape[-1])
         log_std = log_std.reshape(log_std.shape[0], *([1] * (mean.dim() - 2)), log_std.shape[-1])
         return mean, log_std.expand_as(mean)
