@@ -8,7 +8,7 @@ from meta_gradients import assert_matches_finite_differences, double_meta_batch
 from tensordict import TensorDict
 
 from lightning_metarl.algorithms import MAME
-from lightning_metarl.algorithms.mame import TARGET
+from lightning_metarl.algorithms.mame import EXPLORATION_ADVANTAGE, TARGET
 from lightning_metarl.data.returns import window_mean
 from lightning_metarl.errors import ConfigError
 from lightning_metarl.objectives import per_task_mean
@@ -268,3 +268,46 @@ def test_the_long_meta_test_protocol_is_refused():
 
     with pytest.raises(ConfigError, match="meta_test_iterations"):
         tiny_mame(meta_test_iterations=3)
+
+
+def meta_batch_of(module: MAME):
+    return module.collect_and_adapt(module.sample_tasks())
+
+
+def test_target_kl_stops_the_outer_steps_early_and_only_then():
+    """``target_kl`` takes steps while the post-update policy's approximate KL stays below 1.5x the target."""
+    from conftest import with_optimizers
+
+    def after_update(**overrides):
+        module = with_optimizers(tiny_mame(**overrides))
+        metrics = module.meta_update(meta_batch_of(module))
+        return metrics, [p.detach().clone() for p in module.parameters()]
+
+    reference, one_step = after_update(num_outer_steps=1)
+    stopped, early = after_update(num_outer_steps=5, target_kl=1e-12)  # any step away from theta_old exceeds it
+    assert float(stopped["ppo/outer_steps"]) == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(one_step, early))
+    unbounded, every = after_update(num_outer_steps=5)
+    loose, loose_params = after_update(num_outer_steps=5, target_kl=1e6)
+    assert float(unbounded["ppo/outer_steps"]) == float(loose["ppo/outer_steps"]) == 5.0
+    assert all(torch.equal(a, b) for a, b in zip(every, loose_params))
+    assert not all(torch.equal(a, b) for a, b in zip(every, early))
+    assert float(loose["ppo/approx_kl"]) > 0  # the policy moved over the first four steps
+    with pytest.raises(ConfigError, match="target_kl"):
+        tiny_mame(target_kl=0.0)
+
+
+def test_approx_kl_is_the_mean_log_ratio_of_the_post_update_samples():
+    module = tiny_mame()
+    meta_batch = meta_batch_of(module)
+    with torch.no_grad():
+        for p in module.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    meta_batch.pre_update[0].set(EXPLORATION_ADVANTAGE, module.exploration_advantages(meta_batch))
+    terms = module.loss_terms(meta_batch)
+    post = meta_batch.post_update
+    adapted = module.adapt(meta_batch.pre_update, create_graph=False)
+    log_ratio = module.log_prob(adapted, post) - post["action_log_prob"]
+    expected = per_task_mean(log_ratio.exp() - 1 - log_ratio, post["mask"]).mean()
+    torch.testing.assert_close(terms["approx_kl"], expected)
+    assert float(expected) > 0.0

@@ -242,3 +242,22 @@ def test_non_finite_padding_gives_finite_values_and_gradients(objective):
     (grad,) = torch.autograd.grad(loss.sum(), theta)
     assert torch.isfinite(loss).all() and torch.isfinite(grad), (loss, grad)
     assert grad != 0
+
+
+def test_approximate_kl_estimates_the_kl_to_the_sampling_policy():
+    """``(rho - 1) - log rho`` over samples of ``pi_old``: never negative, 0 at ``pi = pi_old``, mean = analytic KL."""
+    from lightning_metarl.nn import gaussian_log_prob
+    from lightning_metarl.objectives import approximate_kl
+
+    generator = torch.Generator().manual_seed(0)
+    old_mean, old_log_std = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    new_mean, new_log_std = torch.tensor([0.3, -0.2], dtype=torch.float64), torch.tensor([0.2, -0.1], dtype=torch.float64)
+    actions = torch.randn(400_000, 2, generator=generator, dtype=torch.float64)  # drawn from pi_old
+    old = gaussian_log_prob(old_mean, old_log_std, actions)
+    new = gaussian_log_prob(new_mean, new_log_std, actions)
+    estimate = approximate_kl(new, old)
+    assert (estimate >= 0).all()
+    assert torch.equal(approximate_kl(old, old), torch.zeros_like(old))
+    exact = gaussian_kl(old_mean, old_log_std, new_mean, new_log_std)
+    standard_error = estimate.std() / len(estimate) ** 0.5
+    assert abs(estimate.mean() - exact) < 4 * standard_error

@@ -20,6 +20,7 @@ from lightning_metarl.nn import (
     linear_baseline_values,
 )
 from lightning_metarl.objectives import (
+    approximate_kl,
     clip_fraction,
     clipped_surrogate_loss,
     cumulative_log_prob,
@@ -98,6 +99,13 @@ class MAME(GradientMetaRLModule):
         max_grad_norm: if set, before every Adam step the gradient of each network (``theta``,
             ``phi``, ``beta`` with ``w_beta``, and the learned step sizes) is rescaled to at most
             this 2-norm (the authors' code: 0.5 per network; the paper does not clip: ``None``).
+        target_kl: if set, the outer steps stop early, before the first step at which the
+            approximate KL of the post-update policy to the one that collected the post-update
+            batch (:func:`~lightning_metarl.objectives.approximate_kl`, the mean over its samples,
+            averaged over ranks) exceeds ``1.5 * target_kl`` (the early stopping of
+            Stable-Baselines3's PPO). Neither the
+            paper nor the authors' code stops early (``None``); ``ppo/outer_steps`` logs the
+            steps taken.
         **kwargs: see :class:`~lightning_metarl.algorithms.gradient.GradientMetaRLModule`
             (``hidden_sizes`` and ``activation`` shape all three networks).
     """
@@ -114,6 +122,7 @@ class MAME(GradientMetaRLModule):
         num_outer_steps: int = 5,
         feature_size: int = 64,
         max_grad_norm: float | None = None,
+        target_kl: float | None = None,
         **kwargs: Any,
     ) -> None:
         for name, value in (("latent_size", latent_size), ("n_step", n_step), ("num_outer_steps", num_outer_steps),
@@ -129,6 +138,8 @@ class MAME(GradientMetaRLModule):
             raise ConfigError(f"model.clip_epsilon must be positive, got {clip_epsilon}")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ConfigError(f"model.max_grad_norm must be positive or null, got {max_grad_norm}")
+        if target_kl is not None and not target_kl > 0:
+            raise ConfigError(f"model.target_kl must be positive or null, got {target_kl}")
         kwargs.setdefault("outer_lr", 7e-4)
         super().__init__(*args, **kwargs)
         hp = self.hparams
@@ -252,7 +263,12 @@ class MAME(GradientMetaRLModule):
 
     # ------------------------------------------------------------------ outer step
     def loss_terms(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
-        """The outer losses at the current parameters: ``loss_exploitation`` (theta, beta, w_beta), ``loss_exploration`` (phi)."""
+        """The outer losses at the current parameters: ``loss_exploitation`` (theta, beta, w_beta), ``loss_exploration`` (phi).
+
+        Also the diagnostics ``clip_fraction`` and ``approx_kl`` (the post-update policy's
+        approximate KL to the collecting one over the post-update samples,
+        :func:`~lightning_metarl.objectives.approximate_kl`; what ``target_kl`` reads).
+        """
         epsilon = self.hparams.clip_epsilon
         path = self.adaptation_path(meta_batch.pre_update)
         post, explore = meta_batch.post_update, meta_batch.pre_update[0]
@@ -260,6 +276,7 @@ class MAME(GradientMetaRLModule):
         terms = {
             "loss_exploitation": clipped_surrogate_loss(log_pi, old_pi, post.get("advantage"), post_mask, epsilon).mean(),
             "clip_fraction": clip_fraction(log_pi, old_pi, post_mask, epsilon).mean(),
+            "approx_kl": per_task_mean(approximate_kl(log_pi.detach(), old_pi), post_mask).mean(),
         }
         if self.hparams.exploration_update != "dice":
             log_mu = self.log_prob(path[0], explore, "explore")
@@ -285,7 +302,7 @@ class MAME(GradientMetaRLModule):
         return torch.stack(norms).max()
 
     def meta_update(self, meta_batch: MetaBatch) -> dict[str, torch.Tensor]:
-        """``num_outer_steps`` Adam steps on the exploitation and exploration PPO losses."""
+        """``num_outer_steps`` Adam steps on the exploitation and exploration PPO losses (fewer with ``target_kl``)."""
         explore = meta_batch.pre_update[0]
         metrics: dict[str, torch.Tensor] = {}
         if self.hparams.exploration_update != "dice":
@@ -302,8 +319,11 @@ class MAME(GradientMetaRLModule):
         metrics["latent/step_norm"] = (after.get(LATENT) - before.get(LATENT)).norm(dim=-1).mean()
         optimizer = self.optimizers()
         history = []
-        for _ in range(self.hparams.num_outer_steps):
+        target_kl = self.hparams.target_kl
+        for step in range(self.hparams.num_outer_steps):
             terms = self.loss_terms(meta_batch)
+            if step > 0 and target_kl is not None and distributed.all_reduce_mean(terms["approx_kl"]) > 1.5 * target_kl:
+                break  # the same decision on every rank
             loss = sum(value for name, value in terms.items() if name.startswith("loss_"))
             optimizer.zero_grad()
             self.manual_backward(loss)
@@ -315,6 +335,8 @@ class MAME(GradientMetaRLModule):
         metrics["loss/exploitation_before"] = history[0]["loss_exploitation"]
         metrics["loss/exploitation_after"] = history[-1]["loss_exploitation"]
         metrics["ppo/clip_fraction"] = history[-1]["clip_fraction"]
+        metrics["ppo/approx_kl"] = history[-1]["approx_kl"]
+        metrics["ppo/outer_steps"] = torch.tensor(float(len(history)))
         if "loss_exploration" in history[-1]:
             metrics["loss/exploration"] = history[-1]["loss_exploration"]
             metrics["ppo/exploration_clip_fraction"] = history[-1]["exploration_clip_fraction"]

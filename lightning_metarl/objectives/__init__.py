@@ -27,6 +27,7 @@ from lightning_metarl.objectives.policy_gradient import (
 )
 from lightning_metarl.objectives.ppo import (
     KLPenaltyCoefficient,
+    approximate_kl,
     clip_fraction,
     clipped_surrogate_loss,
     kl_penalty,
@@ -34,6 +35,7 @@ from lightning_metarl.objectives.ppo import (
 
 __all__ = [
     "KLPenaltyCoefficient",
+    "approximate_kl",
     "clip_fraction",
     "clipped_surrogate_loss",
     "cumulative_log_prob",

@@ -48,6 +48,17 @@ def clip_fraction(log_prob: torch.Tensor, old_log_prob: torch.Tensor, mask: torc
     return per_task_mean(outside, mask)
 
 
+def approximate_kl(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
+    """Per-sample estimate ``(rho - 1) - log rho`` of ``KL(pi_old || pi)``, ``rho = pi(a|s) / pi_old(a|s)``.
+
+    Unbiased for samples drawn from ``pi_old`` and never negative (Schulman's "k3" estimator, the
+    ``approx_kl`` of Stable-Baselines3's PPO); ``old_log_prob`` is not differentiated. Same shape
+    as its inputs; average it with :func:`~lightning_metarl.objectives.per_task_mean`.
+    """
+    log_ratio = log_prob - old_log_prob.detach()
+    return torch.expm1(log_ratio) - log_ratio
+
+
 def kl_penalty(inner_kl: torch.Tensor, coefficient: torch.Tensor | float) -> torch.Tensor:
     """``mean_k eta_k * KL_k``: the inner-KL penalty of ProMP's outer objective.
 
