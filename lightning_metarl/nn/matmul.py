@@ -7,7 +7,7 @@ same tensors in every combination of transposes. Batched GEMM on the CPU is seve
 when the product's last dimension is the small one: ``[40, 2000, 64] @ [40, 64, 6]`` (a policy's
 mean from its last hidden layer) and ``[40, 64, 2000] @ [40, 2000, 6]`` (that layer's weight
 gradient) take 3-5 ms each on two cores, while their transposes ``[40, 6, 64] @ [40, 64, 2000]``
-and ``[40, 6, 2000] @ [40, 2000, 64]`` take 0.7-1.2 ms. :func:`batched_matmul` computes
+and ``[40, 6, 2000] @ [40, 2000, 64]`` take 0.9-1.7 ms. :func:`batched_matmul` computes
 ``C = A @ B`` as ``(B^T @ A^T)^T`` whenever ``C`` has fewer columns than rows, so the GEMM
 always writes along the longer dimension (the result is then a transposed view, which the
 elementwise operations and the next product read as they are). Its backward pass is made of
