@@ -2,16 +2,17 @@
 
 :meth:`GaussianMLPPolicy.forward_per_task` evaluates each linear layer of every task's
 parameters on that task's steps. :func:`per_task_dense` computes ``x @ weight^T + bias`` as one
-``torch.baddbmm`` call (the bias is the GEMM's accumulator, no separate pass), in the layout of
+``torch.baddbmm`` call (the bias is the GEMM's accumulator, no separate addition), in the layout of
 :func:`~lightning_metarl.nn.matmul.batched_matmul` (the GEMM writes along the longer
 dimension), and with ``tanh=True`` the layer's activation too: the GEMM computes
 ``2 (x @ weight^T + bias)`` directly (scaling by 2 is exact), and
 ``tanh(a) = 2 sigmoid(2a) - 1`` (:mod:`~lightning_metarl.nn.activation`) follows in place. On a
 ProMP meta-batch (``[40, 2000, 64]`` hidden layers) this saves two of the six passes over each
 20 MB activation that ``bmm``, the bias, ``x * 2``, the sigmoid and its affine map took apart,
-and their new tensors. The backward pass is made of :func:`~lightning_metarl.nn.matmul.batched_matmul`,
-:func:`~lightning_metarl.nn.activation.tanh_backward` (in terms of the saved output) and a sum, all differentiable,
-so second derivatives (an inner step with ``create_graph`` and the meta-gradient through it)
+and their new tensors. The backward pass is made of
+:func:`~lightning_metarl.nn.matmul.batched_matmul`,
+:func:`~lightning_metarl.nn.activation.tanh_backward` (in terms of the saved output) and a sum,
+all differentiable, so second derivatives (an inner step with ``create_graph`` and the meta-gradient through it)
 work as with the unfused layers; forward-mode derivatives and ``torch.vmap`` are supported.
 """
 

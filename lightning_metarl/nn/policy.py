@@ -98,8 +98,9 @@ class GaussianMLPPolicy(nn.Module):
 
         ``params`` (batch size ``[n_tasks]``) holds every parameter of the policy for each task;
         ``inputs`` have a leading task dimension. Each linear layer is one batched matrix
-        product of all tasks fused with its tanh (:func:`~lightning_metarl.nn.layers.per_task_dense`): the function
-        that mapping :meth:`forward` over the task dimension computes (``torch.vmap``, as
+        product of all tasks, fused with the tanh that follows it
+        (:func:`~lightning_metarl.nn.layers.per_task_dense`): the function that mapping
+        :meth:`forward` over the task dimension computes (``torch.vmap``, as
         :func:`~lightning_metarl.nn.functional.call_per_task` does otherwise), without its
         per-call overhead. ``None`` when ``params`` lacks a parameter or a subclass overrides
         :meth:`forward` (the caller then maps :meth:`forward`).
