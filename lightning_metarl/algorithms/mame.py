@@ -103,9 +103,8 @@ class MAME(GradientMetaRLModule):
             approximate KL of the post-update policy to the one that collected the post-update
             batch (:func:`~lightning_metarl.objectives.approximate_kl`, the mean over its samples,
             averaged over ranks) exceeds ``1.5 * target_kl`` (the early stopping of
-            Stable-Baselines3's PPO). Neither the
-            paper nor the authors' code stops early (``None``); ``ppo/outer_steps`` logs the
-            steps taken.
+            Stable-Baselines3's PPO). Neither the paper nor the authors' code stops early
+            (``None``); ``ppo/outer_steps`` logs the steps taken.
         **kwargs: see :class:`~lightning_metarl.algorithms.gradient.GradientMetaRLModule`
             (``hidden_sizes`` and ``activation`` shape all three networks).
     """
