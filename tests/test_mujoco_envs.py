@@ -176,6 +176,20 @@ def test_reward_observation_termination_match_definition(family):
     assert_matches_reference(env, reference_copies(env), hand_made_actions(env, 6))
 
 
+
+def test_rewards_read_the_tasks_set_last():
+    """The rewards' per-step copy of the tasks (``task_value``) follows every ``set_tasks``."""
+    env = make("HalfCheetah-Fwd-Bwd", n_tasks=2, rollouts=3)
+    actions = torch.zeros(2, 3, env.action_dim)
+    rewards = []
+    for direction in ([1.0, -1.0], [-1.0, 1.0]):
+        env.set_tasks(TensorDict({"direction": torch.tensor(direction)}, batch_size=[2]))
+        env.set_rng_state({"rng": torch.Generator().manual_seed(0).get_state()})
+        env.reset()
+        rewards.append(env.step(TensorDict({"action": actions}, batch_size=[2, 3]))["next", "reward"])
+    assert not torch.equal(rewards[0], rewards[1])
+    torch.testing.assert_close(rewards[1], -rewards[0])  # zero actions: no control cost, the sign of vx flips
+
 TERMINATING_STATES = {
     # family: [(qpos entries to set, qvel entries to set, expected termination)]
     "Ant-Fwd-Bwd": [({2: 1.5}, {}, True), ({2: 0.6}, {}, False)],

@@ -70,7 +70,7 @@ class DirectionTasks:
 
     def direction(self) -> torch.Tensor:
         """The direction of every copy's task, ``[n_tasks, 1]`` float64."""
-        return self.tasks.get("direction").to("cpu", torch.float64).unsqueeze(-1)
+        return self.task_value("direction").unsqueeze(-1)
 
 
 class PhysicsTasks:
@@ -186,7 +186,7 @@ class HalfCheetahVel(HalfCheetah):
             raise TaskError(f"{cls.family}: velocity must lie in [0, {cls.MAX_VELOCITY}], got {velocity[bad][:3].tolist()}")
 
     def reward_and_termination(self, qpos_before, state, action):
-        target = self.tasks.get("velocity").to("cpu", torch.float64).unsqueeze(-1)
+        target = self.task_value("velocity").unsqueeze(-1)
         vx = self.forward_velocity(qpos_before, state)
         reward = -(vx - target).abs() - 0.05 * control_cost(action)
         return reward, self._never(reward)
@@ -286,7 +286,7 @@ class AntGoal(Ant):
             raise TaskError(f"{cls.family}: goal must lie within radius {cls.GOAL_RADIUS}, got {goal[bad][:3].tolist()}")
 
     def reward_and_termination(self, qpos_before, state, action):
-        goal = self.tasks.get("goal").to("cpu", torch.float64).unsqueeze(1)
+        goal = self.task_value("goal").unsqueeze(1)
         distance = (state.qpos[..., :2] - goal).abs().sum(-1)
         reward = -distance - 0.1 * control_cost(action) - self.CONTACT_COST * contact_cost(state.cfrc_ext)
         return reward, torch.zeros(reward.shape, dtype=torch.bool)

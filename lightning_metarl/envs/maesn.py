@@ -308,7 +308,7 @@ class SemicircleGoals:
 
     def goal(self) -> torch.Tensor:
         """The goal of every copy's task, ``[n_tasks, 1, 2]`` float64 (broadcasts over rollouts)."""
-        return self.tasks.get("goal").to("cpu", torch.float64).unsqueeze(1)
+        return self.task_value("goal").unsqueeze(1)
 
 
 # ---------------------------------------------------------------------------- wheeled car
@@ -657,7 +657,7 @@ class BlockPush(MaesnEnv):
     def reward_and_termination(
         self, qpos_before: torch.Tensor, state: PhysicsState, action: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        goal = self.tasks.get("goal").to("cpu", torch.float64).unsqueeze(1)
+        goal = self.task_value("goal").unsqueeze(1)
         block = self.tasks.get("block").to("cpu")
         blocks = self.block_xy(state)
         index = block.view(-1, 1, 1, 1).expand(-1, blocks.shape[1], 1, 2)
@@ -674,7 +674,7 @@ class BlockPush(MaesnEnv):
         rows = reset_mask.reshape(-1).cpu().numpy().nonzero()[0]
         if len(rows) == 0:
             return
-        layout = (self.tasks.get("starts").to("cpu", torch.float64) - self.block_origin).flatten(-2)
+        layout = (self.task_value("starts") - self.block_origin).flatten(-2)
         layout = layout.unsqueeze(1).expand(-1, self.rollouts_per_task, -1).reshape(-1, 2 * self.N_BLOCKS)
         first = 1 + self.WRIST_DOFS  # the state is (time, qpos, qvel)
         self._current.state[rows, first : first + 2 * self.N_BLOCKS] += layout.numpy()[rows]

@@ -291,6 +291,7 @@ class MujocoMetaEnv(BatchedMetaEnv):
         #: Seconds spent in the physics calls of env steps (cumulative; what collection spends in MuJoCo).
         self.physics_seconds = 0.0
         self._skip_padding = False
+        self._task_values: dict[str, torch.Tensor] = {}
         #: Copies whose episode ended since the last full reset (frozen while padding is skipped).
         self._finished = np.zeros(n_copies, dtype=bool)
 
@@ -337,6 +338,7 @@ class MujocoMetaEnv(BatchedMetaEnv):
     def set_tasks(self, tasks: TensorDictBase) -> None:
         """Assign ``tasks`` (batch size ``[n_tasks]``); with random physics, build one model per task."""
         super().set_tasks(tasks)
+        self._task_values = {}
         if self.physics_tasks:
             fields = {name: self.tasks.get(name).to("cpu", torch.float64).numpy() for name in PHYSICS_FIELDS}
             self.task_models = [
@@ -344,6 +346,16 @@ class MujocoMetaEnv(BatchedMetaEnv):
                 for i in range(self.n_tasks)
             ]
             self._models = tile_models(self.task_models, self.rollouts_per_task)
+
+    def task_value(self, key: str) -> torch.Tensor:
+        """The tasks' entry ``key`` as a CPU ``float64`` tensor ``[n_tasks, ...]`` (converted once per :meth:`set_tasks`).
+
+        What the rewards read at every step, so that a step does not convert the tasks again.
+        """
+        value = self._task_values.get(key)
+        if value is None:
+            value = self._task_values[key] = self.tasks.get(key).to("cpu", torch.float64)
+        return value
 
     def task_model(self, index: int) -> mujoco.MjModel:
         """The ``MjModel`` that runs task ``index`` of the current tasks."""
@@ -474,18 +486,20 @@ class MujocoMetaEnv(BatchedMetaEnv):
         self._current, self._next = after, before
         state = after.view
         # MuJoCo resets diverging data (its clock restarts); a non-finite state is caught here too
+        any_frozen = frozen is not None and bool(frozen.any())
         broken = np.abs(after.state[:, 0] - self._end_time) > 0.5 * self.dt
         broken |= ~np.isfinite(after.state).all(axis=1)
-        if frozen is not None:
+        if any_frozen:
             broken &= ~frozen
         unstable = torch.from_numpy(broken).view(self.batch_size)
         after.state[:, 0] = _START_TIME
         self._update_derived(state)
         reward, terminated = self.reward_and_termination(before.view.qpos, state, ctrl)
-        if frozen is not None:
+        if any_frozen:
             frozen_view = torch.from_numpy(frozen).view(self.batch_size)
             reward = reward.masked_fill(frozen_view, 0.0)
             terminated = terminated & ~frozen_view
+        if frozen is not None:
             self._finished |= (terminated | unstable).reshape(-1).numpy()
         if bool(unstable.any()):
             self.unstable_resets += int(unstable.sum())

@@ -67,6 +67,8 @@ class PolicyActor(TensorDictModuleBase):
         super().__init__()
         self.policy = policy
         self.params = params.detach()
+        # The policy may live on another device than the env (e.g. CUDA policy, CPU physics).
+        self._policy_device = next(iter(self.params.values(True, True))).device
         self.generator = generator
         self.inputs = None if inputs is None else inputs.detach()
         self.episode_latent = episode_latent
@@ -96,9 +98,7 @@ class PolicyActor(TensorDictModuleBase):
         """Write ``"action"``, ``"action_log_prob"``, ``"loc"``, ``"log_std"`` (and the episode latent) into ``tensordict``."""
         observation = tensordict.get("observation")
         with torch.no_grad():
-            # The policy may live on another device than the env (e.g. CUDA policy, CPU physics).
-            policy_device = next(iter(self.params.values(True, True))).device
-            inputs = [self._input(key, tensordict).to(policy_device) for key in self.in_keys]
+            inputs = [self._input(key, tensordict).to(self._policy_device) for key in self.in_keys]
             distribution = distribution_per_task(self.policy, self.params, inputs)
             action = distribution.sample_with(self.generator)
             log_prob = distribution.log_prob(action)

@@ -52,8 +52,10 @@ def fit_linear_baseline(
     """
     valid = (mask != 0).unsqueeze(-1) if mask.dtype != torch.bool else mask.unsqueeze(-1)
     zero = torch.zeros((), dtype=torch.float64, device=features.device)
-    x = torch.where(valid, features.double(), zero)
-    y = torch.where(valid.squeeze(-1), targets.double(), zero)
+    x, y = features.double(), targets.double()
+    if not bool(valid.all()):  # selections, not products: padding may hold non-finite values
+        x = torch.where(valid, x, zero)
+        y = torch.where(valid.squeeze(-1), y, zero)
     gram = x.transpose(-1, -2) @ x
     rhs = (x.transpose(-1, -2) @ y.unsqueeze(-1)).squeeze(-1)
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
