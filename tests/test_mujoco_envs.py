@@ -176,7 +176,6 @@ def test_reward_observation_termination_match_definition(family):
     assert_matches_reference(env, reference_copies(env), hand_made_actions(env, 6))
 
 
-
 def test_rewards_read_the_tasks_set_last():
     """The rewards' per-step copy of the tasks (``task_value``) follows every ``set_tasks``."""
     env = make("HalfCheetah-Fwd-Bwd", n_tasks=2, rollouts=3)
@@ -189,6 +188,7 @@ def test_rewards_read_the_tasks_set_last():
         rewards.append(env.step(TensorDict({"action": actions}, batch_size=[2, 3]))["next", "reward"])
     assert not torch.equal(rewards[0], rewards[1])
     torch.testing.assert_close(rewards[1], -rewards[0])  # zero actions: no control cost, the sign of vx flips
+
 
 TERMINATING_STATES = {
     # family: [(qpos entries to set, qvel entries to set, expected termination)]
