@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, instantiate_class
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_metarl.algorithms import MetaRLModule
@@ -92,6 +92,46 @@ class MetaRLCLI(LightningCLI):
         if trainer_config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, IterationCheckpoint))]
         return self._instantiate_trainer(trainer_config, callbacks)
+
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        """``--lr_scheduler`` wraps the algorithm's own outer optimizer; ``--optimizer`` is refused.
+
+        Lightning's version replaces ``configure_optimizers`` only when ``--optimizer`` is given
+        (and ignores a lone ``--lr_scheduler``). Here the outer optimizer stays the algorithm's
+        (Adam with ``model.init_args.outer_lr``, or TRPO's trust region) and the scheduler, built
+        on it, is stepped once per meta-iteration (:meth:`~lightning_metarl.algorithms.MetaRLModule.step_lr_scheduler`).
+        """
+        config = self.config_init[subcommand] if subcommand else self.config_init
+        if config.get("optimizer"):
+            raise ConfigError(
+                "--optimizer is not supported: each algorithm builds its own outer optimizer (Adam with "
+                "model.init_args.outer_lr, or TRPO's trust region); use --lr_scheduler to schedule its learning rate"
+            )
+        scheduler_init = config.get("lr_scheduler")
+        if not scheduler_init:
+            return
+        if isinstance(scheduler_init, torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau):
+            raise ConfigError("--lr_scheduler must be a class path with its arguments, not an instance")
+        class_path = scheduler_init["class_path"]
+        if class_path.rsplit(".", 1)[-1] == "ReduceLROnPlateau":
+            raise ConfigError(
+                "--lr_scheduler ReduceLROnPlateau is not supported: schedulers step once per meta-iteration "
+                "without a monitored metric (use e.g. LinearLR, StepLR, CosineAnnealingLR)"
+            )
+        model = self.model
+        build_optimizer = model.configure_optimizers
+
+        def configure_optimizers() -> dict[str, Any]:
+            optimizer = build_optimizer()
+            if not all("lr" in group for group in optimizer.param_groups):
+                raise ConfigError(
+                    f"--lr_scheduler {class_path.rsplit('.', 1)[-1]}: the outer optimizer "
+                    f"{type(optimizer).__name__} has no learning rate to schedule"
+                )
+            scheduler = instantiate_class(optimizer, scheduler_init)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+        model.configure_optimizers = configure_optimizers
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

@@ -285,3 +285,54 @@ def test_mujoco_runs_log_the_physics_part_of_collection(in_tmp: Path):
         assert 0 < seconds < curves["perf/collect_s"][step]
     fit()  # the point env has no MuJoCo physics: no such tag
     assert "perf/physics_s" not in read_scalars(in_tmp / "runs" / "point_corner_maml" / "version_0")
+
+
+LINEAR_LR = ["--lr_scheduler", "LinearLR", "--lr_scheduler.start_factor", "1.0", "--lr_scheduler.end_factor", "0.0",
+             "--lr_scheduler.total_iters", "4"]
+
+
+def test_lr_scheduler_steps_once_per_meta_iteration_and_resumes_exactly(in_tmp: Path):
+    """``--lr_scheduler`` schedules the algorithm's own Adam (``outer_lr`` 1e-3 in the config), one step per meta-iteration."""
+    fit(*LINEAR_LR, "--trainer.logger.init_args.name", "straight", epochs=2, iterations_per_epoch=2)
+    fit(*LINEAR_LR, "--trainer.logger.init_args.name", "resumed", epochs=1, iterations_per_epoch=2)
+    fit(*LINEAR_LR, "--trainer.logger.init_args.name", "resumed", "--ckpt_path", "last", epochs=2, iterations_per_epoch=2)
+    fit("--trainer.logger.init_args.name", "constant", epochs=2, iterations_per_epoch=2)
+    straight = read_scalars(in_tmp / "runs" / "straight" / "version_0")
+    resumed = read_scalars(in_tmp / "runs" / "resumed" / "version_0")
+    constant = read_scalars(in_tmp / "runs" / "constant" / "version_0")
+    assert straight["optim/lr"] == pytest.approx({k: 1e-3 * (1 - k / 4) for k in range(4)}, rel=1e-6)
+    assert resumed["optim/lr"] == straight["optim/lr"]
+    assert deterministic(resumed) == deterministic(straight)
+    assert "optim/lr" not in constant
+    # the first update has the same learning rate either way, the later ones not
+    assert constant["loss/outer"][0] == straight["loss/outer"][0]
+    assert constant["return/post_update"][0] == straight["return/post_update"][0]
+    assert constant["loss/outer"][2] != straight["loss/outer"][2]
+
+
+def test_unsupported_optimizer_settings_fail_on_one_screen(in_tmp: Path, capsys):
+    base = ["fit", "--config", str(POINT_CONFIG), *TINY, "--trainer.max_epochs", "1"]
+    err = run_main_expecting_exit(capsys, [*base, "--optimizer", "SGD", "--optimizer.lr", "0.1"])
+    assert "--optimizer is not supported" in err
+    err = run_main_expecting_exit(capsys, [*base, "--lr_scheduler", "ReduceLROnPlateau",
+                                                   "--lr_scheduler.monitor", "return/post_update"])
+    assert "ReduceLROnPlateau is not supported" in err
+    err = run_main_expecting_exit(capsys, [*base, *LINEAR_LR, "--model.init_args.outer_optimizer", "trpo"])
+    assert "TrustRegion has no learning rate" in err
+    assert not (in_tmp / "runs").exists() or not any((in_tmp / "runs").rglob("*.ckpt"))
+
+
+def test_resuming_with_another_lr_schedule_than_the_checkpoint_is_refused(in_tmp: Path, capsys):
+    def resume(seed: int, *extra: str) -> list[str]:
+        return ["fit", "--config", str(POINT_CONFIG), *TINY, "--seed_everything", str(seed), "--trainer.max_epochs", "2",
+                "--model.init_args.iterations_per_epoch", "1", "--ckpt_path", "last", *extra]
+
+    fit(*LINEAR_LR, epochs=1)
+    checkpoint = in_tmp / "runs" / "point_corner_maml" / "version_0" / "checkpoints" / "last.ckpt"
+    before = checkpoint.read_bytes()
+    err = run_main_expecting_exit(capsys, resume(5))
+    assert "written with a learning-rate scheduler and none is configured now" in err
+    assert checkpoint.read_bytes() == before
+    fit(epochs=1, seed=6)
+    err = run_main_expecting_exit(capsys, resume(6, *LINEAR_LR))
+    assert "written without a learning-rate scheduler and one is configured now" in err

@@ -134,6 +134,7 @@ class MetaRLModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
+        self._checkpoint_lr_schedulers: int | None = None  # the schedulers of the checkpoint resumed from, if any
         self._check_hparams()
         env_seed, task_seed, action_seed = (seed_from_global() for _ in range(3))
         # The env is not a submodule: it holds no parameters and must not move with .to(device).
@@ -249,12 +250,26 @@ class MetaRLModule(LightningModule):
         snapshot = self._snapshot()
         metrics = distributed.average_scalars(self.meta_update(meta_batch))
         self._undo_if_not_finite(snapshot, metrics)
+        self.step_lr_scheduler(metrics)
         meta_batch.timings["outer"] = time.perf_counter() - t0
         self.iteration += 1
         metrics["health/skipped_updates"] = self.skipped_updates.float()
         resets = torch.tensor(float(self.env_resets() - resets_before))
         metrics["health/env_resets_nonfinite"] = distributed.all_reduce_sum(resets)  # all ranks'
         self.log_iteration(meta_batch, metrics, time.perf_counter() - start)
+
+    def step_lr_scheduler(self, metrics: dict[str, Any]) -> None:
+        """Step the outer optimizer's learning-rate scheduler, if one is configured, once per meta-iteration.
+
+        Schedulers count meta-iterations (``--lr_scheduler LinearLR --lr_scheduler.total_iters
+        300`` anneals over 300 of them); the learning rate this iteration's update used is logged
+        as ``optim/lr`` (that of the first parameter group).
+        """
+        scheduler = self.lr_schedulers() if self._trainer is not None else None
+        if scheduler is None:
+            return
+        metrics["optim/lr"] = torch.tensor(float(scheduler.optimizer.param_groups[0]["lr"]))
+        scheduler.step()
 
     def physics_seconds(self) -> float | None:
         """Seconds spent in the physics calls of all envs so far (MuJoCo families), ``None`` if no env counts them."""
@@ -478,6 +493,20 @@ class MetaRLModule(LightningModule):
         size = distributed.world_size()
         checkpoint[_RNG_KEY] = state if size == 1 else {"ranks": distributed.gather_objects(state)}
 
+    def on_train_start(self) -> None:
+        """Refuse to resume training without the learning-rate scheduler the checkpoint was written with, or with one it lacks.
+
+        Lightning would silently run on at the last learning rate, or restart the new schedule
+        from its first value.
+        """
+        saved = self._checkpoint_lr_schedulers
+        configured = len(self.trainer.lr_scheduler_configs)
+        if saved is not None and saved != configured:
+            had = "with a learning-rate scheduler" if saved else "without a learning-rate scheduler"
+            now = "none is configured now" if not configured else "one is configured now"
+            raise ConfigError(f"the checkpoint was written {had} and {now}: resume with the run's own --lr_scheduler "
+                              f"settings (its config.yaml holds them)")
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the generators saved by :meth:`on_save_checkpoint` (this rank's).
 
@@ -488,6 +517,7 @@ class MetaRLModule(LightningModule):
         state = checkpoint.get(_RNG_KEY)
         if state is None:
             raise CheckpointError(f"checkpoint was not written by {type(self).__name__} (no generator states)")
+        self._checkpoint_lr_schedulers = len(checkpoint.get("lr_schedulers") or [])
         ranks = state["ranks"] if "ranks" in state else [state]
         rank, size = distributed.rank(), distributed.world_size()
         if len(ranks) == size:
