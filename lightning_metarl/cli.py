@@ -110,8 +110,6 @@ class MetaRLCLI(LightningCLI):
         scheduler_init = config.get("lr_scheduler")
         if not scheduler_init:
             return
-        if isinstance(scheduler_init, torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau):
-            raise ConfigError("--lr_scheduler must be a class path with its arguments, not an instance")
         class_path = scheduler_init["class_path"]
         if class_path.rsplit(".", 1)[-1] == "ReduceLROnPlateau":
             raise ConfigError(
