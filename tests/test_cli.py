@@ -328,7 +328,9 @@ def test_resuming_with_another_lr_schedule_than_the_checkpoint_is_refused(in_tmp
                 "--model.init_args.iterations_per_epoch", "1", "--ckpt_path", "last", *extra]
 
     fit(*LINEAR_LR, epochs=1)
-    checkpoint = in_tmp / "runs" / "point_corner_maml" / "version_0" / "checkpoints" / "last.ckpt"
+    run = in_tmp / "runs" / "point_corner_maml" / "version_0"
+    assert "torch.optim.lr_scheduler.LinearLR" in (run / "config.yaml").read_text()  # what the message points to
+    checkpoint = run / "checkpoints" / "last.ckpt"
     before = checkpoint.read_bytes()
     err = run_main_expecting_exit(capsys, resume(5))
     assert "written with a learning-rate scheduler and none is configured now" in err
