@@ -14,6 +14,8 @@ Defaults on top of Lightning's:
   logged after its checkpoint; ``validate``/``test --ckpt_path last`` evaluate the newest run;
 - a run from a checkpoint keeps the checkpoint's model settings, except that ``validate`` and
   ``test`` take the evaluation settings (:data:`EVALUATION_KEYS`) from the config and command line;
+- ``--lr_scheduler`` schedules the algorithm's own outer optimizer, one step per meta-iteration;
+  ``--optimizer`` is refused (:meth:`MetaRLCLI._add_configure_optimizers_method_to_model`);
 - errors caused by bad input (unknown task family, corrupt checkpoint, ...) are printed on one
   screen without a traceback, with exit status 2.
 """
@@ -110,8 +112,8 @@ class MetaRLCLI(LightningCLI):
         scheduler_init = config.get("lr_scheduler")
         if not scheduler_init:
             return
-        class_path = scheduler_init["class_path"]
-        if class_path.rsplit(".", 1)[-1] == "ReduceLROnPlateau":
+        name = scheduler_init["class_path"].rsplit(".", 1)[-1]
+        if name == "ReduceLROnPlateau":
             raise ConfigError(
                 "--lr_scheduler ReduceLROnPlateau is not supported: schedulers step once per meta-iteration "
                 "without a monitored metric (use e.g. LinearLR, StepLR, CosineAnnealingLR)"
@@ -123,7 +125,7 @@ class MetaRLCLI(LightningCLI):
             optimizer = build_optimizer()
             if not all("lr" in group for group in optimizer.param_groups):
                 raise ConfigError(
-                    f"--lr_scheduler {class_path.rsplit('.', 1)[-1]}: the outer optimizer "
+                    f"--lr_scheduler {name}: the outer optimizer "
                     f"{type(optimizer).__name__} has no learning rate to schedule"
                 )
             scheduler = instantiate_class(optimizer, scheduler_init)
