@@ -9,7 +9,7 @@ Defaults on top of Lightning's:
   ``--iteration_checkpoint.every_n_iterations`` meta-iterations and on SIGTERM/SIGINT, see
   :class:`~lightning_metarl.callbacks.IterationCheckpoint`);
 - ``fit --ckpt_path last`` resumes the run named by ``--trainer.logger.init_args.version``, or
-  the newest run of that config name started with the same model settings and seed (never one
+  the newest run of that config name started with the same model settings, schedule and seed (never one
   started with others), in its own folder, says which, and TensorBoard drops whatever that run
   logged after its checkpoint; ``validate``/``test --ckpt_path last`` evaluate the newest run;
 - a run from a checkpoint keeps the checkpoint's model settings, except that ``validate`` and
@@ -36,6 +36,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, instant
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_metarl.algorithms import MetaRLModule
+from lightning_metarl.algorithms.base import check_same_lr_schedule
 from lightning_metarl.allocator import retain_freed_memory
 from lightning_metarl.callbacks import IterationCheckpoint
 from lightning_metarl.distributed import meta_rl_strategy
@@ -208,6 +209,9 @@ class MetaRLCLI(LightningCLI):
             logger_args["name"] = f"{logger_args['name']}_{subcommand}"
         if checkpoint is None:
             return
+        if subcommand == "fit":
+            # before the logger starts, so that a refused resume leaves nothing in the run's folder
+            check_same_lr_schedule(bool(checkpoint.get("lr_schedulers")), bool(config.get("lr_scheduler")))
         _check_same_algorithm(Path(config["ckpt_path"]), checkpoint, config.get("model"))
         _check_same_hyperparameters(Path(config["ckpt_path"]), checkpoint, config.get("model"),
                                     kept=() if subcommand == "fit" else EVALUATION_KEYS)
@@ -240,7 +244,7 @@ def _last_checkpoint_of_run(run_dir: Path, version: Any, config: Any) -> tuple[i
     """What ``--ckpt_path last`` resumes: ``(version, path of its last.ckpt, contents)``.
 
     With ``--trainer.logger.init_args.version`` given, that run; otherwise the newest run under
-    ``run_dir`` that was started with the same model settings and seed as ``config`` (compared
+    ``run_dir`` that was started with the same model settings, ``lr_scheduler`` and seed as ``config`` (compared
     with the run's ``config.yaml``; ``config=None``: the newest run). A run of the same name
     started with other settings is never picked silently: the error names the differences.
     """
@@ -287,6 +291,8 @@ def _config_differences(saved_config: Path, config: Any) -> list[str]:
     for key in sorted(set(saved_args) | set(current_args)):
         if saved_args.get(key) != current_args.get(key):
             differences.append(f"model.init_args.{key}: {saved_args.get(key)!r} (now: {current_args.get(key)!r})")
+    if (saved.get("lr_scheduler") or None) != (current.get("lr_scheduler") or None):
+        differences.append(f"lr_scheduler: {saved.get('lr_scheduler')!r} (now: {current.get('lr_scheduler')!r})")
     return differences
 
 

@@ -323,18 +323,46 @@ def test_unsupported_optimizer_settings_fail_on_one_screen(in_tmp: Path, capsys)
 
 
 def test_resuming_with_another_lr_schedule_than_the_checkpoint_is_refused(in_tmp: Path, capsys):
+    """Refused before the logger starts: the run's folder is left as it was."""
     def resume(seed: int, *extra: str) -> list[str]:
         return ["fit", "--config", str(POINT_CONFIG), *TINY, "--seed_everything", str(seed), "--trainer.max_epochs", "2",
                 "--model.init_args.iterations_per_epoch", "1", "--ckpt_path", "last", *extra]
 
+    def contents(folder: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
     fit(*LINEAR_LR, epochs=1)
     run = in_tmp / "runs" / "point_corner_maml" / "version_0"
     assert "torch.optim.lr_scheduler.LinearLR" in (run / "config.yaml").read_text()  # what the message points to
-    checkpoint = run / "checkpoints" / "last.ckpt"
-    before = checkpoint.read_bytes()
+    before = contents(run)
+    # resuming by settings does not pick a run started with another schedule, and names the difference
     err = run_main_expecting_exit(capsys, resume(5))
+    assert "no run under" in err and "lr_scheduler: {'class_path': 'torch.optim.lr_scheduler.LinearLR'" in err
+    # a run named by its version is refused for its schedule
+    err = run_main_expecting_exit(capsys, resume(5, "--trainer.logger.init_args.version", "0"))
     assert "written with a learning-rate scheduler and none is configured now" in err
-    assert checkpoint.read_bytes() == before
     fit(epochs=1, seed=6)
-    err = run_main_expecting_exit(capsys, resume(6, *LINEAR_LR))
+    err = run_main_expecting_exit(capsys, resume(6, *LINEAR_LR, "--trainer.logger.init_args.version", "1"))
     assert "written without a learning-rate scheduler and one is configured now" in err
+    # so is a checkpoint given by its path
+    err = run_main_expecting_exit(capsys, [*resume(5)[:-2], "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert "written with a learning-rate scheduler and none is configured now" in err
+    assert contents(run) == before
+    assert sorted(p.name for p in (in_tmp / "runs" / "point_corner_maml").iterdir()) == ["version_0", "version_1"]
+
+
+def test_the_module_refuses_a_resume_with_another_lr_schedule_outside_the_cli(in_tmp: Path):
+    """``on_train_start`` checks the schedule for runs driven by a ``Trainer`` of one's own."""
+    from lightning import Trainer
+
+    from lightning_metarl.algorithms import MAML
+    from lightning_metarl.errors import ConfigError
+
+    fit(*LINEAR_LR, epochs=1)
+    checkpoint = in_tmp / "runs" / "point_corner_maml" / "version_0" / "checkpoints" / "last.ckpt"
+    settings = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
+    model = MAML(**{key: value for key, value in settings.items() if not key.startswith("_")})
+    trainer = Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0)
+    with pytest.raises(ConfigError, match="written with a learning-rate scheduler and none is configured now"):
+        trainer.fit(model, ckpt_path=checkpoint)

@@ -46,6 +46,15 @@ TASK_INDEX = "task_index"
 TEST_CSV = "test_returns.csv"
 
 
+def check_same_lr_schedule(saved: bool, configured: bool) -> None:
+    """Raise :class:`ConfigError` if a checkpoint written with (``saved``) or without a learning-rate scheduler is resumed without (with) one."""
+    if saved != configured:
+        had = "with a learning-rate scheduler" if saved else "without a learning-rate scheduler"
+        now = "one is configured now" if configured else "none is configured now"
+        raise ConfigError(f"the checkpoint was written {had} and {now}: resume with the run's own --lr_scheduler "
+                          f"settings (its config.yaml holds them)")
+
+
 def seed_from_global() -> int:
     """A seed for a generator of the module, drawn from torch's global generator (set by ``seed_everything``)."""
     return int(torch.randint(0, 2**62, (1,)).item())
@@ -499,13 +508,8 @@ class MetaRLModule(LightningModule):
         Lightning would silently run on at the last learning rate, or restart the new schedule
         from its first value.
         """
-        saved = self._checkpoint_lr_schedulers
-        configured = len(self.trainer.lr_scheduler_configs)
-        if saved is not None and saved != configured:
-            had = "with a learning-rate scheduler" if saved else "without a learning-rate scheduler"
-            now = "none is configured now" if not configured else "one is configured now"
-            raise ConfigError(f"the checkpoint was written {had} and {now}: resume with the run's own --lr_scheduler "
-                              f"settings (its config.yaml holds them)")
+        if self._checkpoint_lr_schedulers is not None:
+            check_same_lr_schedule(bool(self._checkpoint_lr_schedulers), bool(self.trainer.lr_scheduler_configs))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the generators saved by :meth:`on_save_checkpoint` (this rank's).
