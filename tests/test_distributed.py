@@ -108,9 +108,12 @@ def cli(*args: str, cwd: Path, returncode: int = 0) -> None:
 
 
 def test_ddp_through_the_cli_killed_mid_epoch_resumes_exactly_and_logs_each_step_once(tmp_path: Path):
+    """With a learning-rate schedule (one step per meta-iteration on every rank), resumed with the rest."""
     config = Path(__file__).resolve().parents[1] / "conf" / "point_corner_promp.yaml"
+    schedule = ["--lr_scheduler", "LinearLR", "--lr_scheduler.start_factor", "1.0", "--lr_scheduler.end_factor", "0.0",
+                "--lr_scheduler.total_iters", "4"]
     common = ["--config", str(config), *TINY, "--model.init_args.iterations_per_epoch", "2", "--seed_everything", "5",
-              "--trainer.max_epochs", "2"]
+              "--trainer.max_epochs", "2", *schedule]
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
     kill = '--trainer.callbacks+={"class_path": "test_distributed.SigtermRank0After", "init_args": {"iteration": 3}}'
     cli("fit", *common, *ddp, "--trainer.logger.init_args.name", "straight", cwd=tmp_path)
@@ -122,6 +125,7 @@ def test_ddp_through_the_cli_killed_mid_epoch_resumes_exactly_and_logs_each_step
     runs = tmp_path / "runs"
     straight, killed, single = (scalars(runs / name / "version_0") for name in ("straight", "killed", "single"))
     assert sorted(straight["return/post_update"]) == [0, 1, 2, 3]
+    assert straight["optim/lr"] == pytest.approx({k: 1e-3 * (1 - k / 4) for k in range(4)}, rel=1e-6)  # outer_lr 1e-3
     assert killed == straight
     # (Lightning writes "epoch" beside the training and the validation scalars of an epoch's last step)
     assert [key for key in logged_twice(runs / "killed" / "version_0") if key[0] != "epoch"] == []
