@@ -9,9 +9,9 @@ Defaults on top of Lightning's:
   ``--iteration_checkpoint.every_n_iterations`` meta-iterations and on SIGTERM/SIGINT, see
   :class:`~lightning_metarl.callbacks.IterationCheckpoint`);
 - ``fit --ckpt_path last`` resumes the run named by ``--trainer.logger.init_args.version``, or
-  the newest run of that config name started with the same model settings, schedule and seed (never one
-  started with others), in its own folder, says which, and TensorBoard drops whatever that run
-  logged after its checkpoint; ``validate``/``test --ckpt_path last`` evaluate the newest run;
+  the newest run of that config name started with the same model settings, schedule and seed
+  (never one started with others), in its own folder, says which, and TensorBoard drops whatever
+  that run logged after its checkpoint; ``validate``/``test --ckpt_path last`` evaluate the newest run;
 - a run from a checkpoint keeps the checkpoint's model settings, except that ``validate`` and
   ``test`` take the evaluation settings (:data:`EVALUATION_KEYS`) from the config and command line;
 - ``--lr_scheduler`` schedules the algorithm's own outer optimizer, one step per meta-iteration;
@@ -244,9 +244,10 @@ def _last_checkpoint_of_run(run_dir: Path, version: Any, config: Any) -> tuple[i
     """What ``--ckpt_path last`` resumes: ``(version, path of its last.ckpt, contents)``.
 
     With ``--trainer.logger.init_args.version`` given, that run; otherwise the newest run under
-    ``run_dir`` that was started with the same model settings, ``lr_scheduler`` and seed as ``config`` (compared
-    with the run's ``config.yaml``; ``config=None``: the newest run). A run of the same name
-    started with other settings is never picked silently: the error names the differences.
+    ``run_dir`` that was started with the same model settings, ``lr_scheduler`` and seed as
+    ``config`` (compared with the run's ``config.yaml``; ``config=None``: the newest run). A run of
+    the same name started with other settings is never picked silently: the error names the
+    differences.
     """
     if version is not None:
         folder = run_dir / (version if isinstance(version, str) else f"version_{version}")

@@ -506,7 +506,8 @@ class MetaRLModule(LightningModule):
         """Refuse to resume training without the learning-rate scheduler the checkpoint was written with, or with one it lacks.
 
         Lightning would silently run on at the last learning rate, or restart the new schedule
-        from its first value.
+        from its first value. (The CLI checks the same before its logger starts; this catches
+        runs driven by a ``Trainer`` of one's own.)
         """
         if self._checkpoint_lr_schedulers is not None:
             check_same_lr_schedule(bool(self._checkpoint_lr_schedulers), bool(self.trainer.lr_scheduler_configs))
