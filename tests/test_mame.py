@@ -311,3 +311,19 @@ def test_approx_kl_is_the_mean_log_ratio_of_the_post_update_samples():
     expected = per_task_mean(log_ratio.exp() - 1 - log_ratio, post["mask"]).mean()
     torch.testing.assert_close(terms["approx_kl"], expected)
     assert float(expected) > 0.0
+
+
+def test_learned_step_sizes_are_logged_as_used_by_the_iteration():
+    """``latent/step_size_mean|min|max``: the step sizes of this iteration's inner step, only when they are learned."""
+    from conftest import with_optimizers
+
+    module = with_optimizers(tiny_mame(learn_inner_lr=True, inner_lr=0.3))
+    with torch.no_grad():
+        module.inner_step_sizes.get("latent").copy_(torch.tensor([0.1, 0.3, 0.2, 0.5]))
+    metrics = module.meta_update(meta_batch_of(module))
+    assert float(metrics["latent/step_size_mean"]) == pytest.approx(0.275)
+    assert float(metrics["latent/step_size_min"]) == pytest.approx(0.1)
+    assert float(metrics["latent/step_size_max"]) == pytest.approx(0.5)
+    assert not torch.equal(module.inner_step_sizes.get("latent"), torch.tensor([0.1, 0.3, 0.2, 0.5]))  # then learned
+    fixed = with_optimizers(tiny_mame())
+    assert not any(key.startswith("latent/step_size") for key in fixed.meta_update(meta_batch_of(fixed)))

@@ -316,6 +316,11 @@ class MAME(GradientMetaRLModule):
             metrics["self_supervision/loss_before"] = self.inner_loss(before, explore).mean()
             metrics["self_supervision/loss_after"] = self.inner_loss(after, explore).mean()
         metrics["latent/step_norm"] = (after.get(LATENT) - before.get(LATENT)).norm(dim=-1).mean()
+        if self.inner_step_sizes is not None:  # the learned step sizes this iteration's inner step used
+            sizes = self.inner_step_sizes.get(LATENT).detach()
+            metrics["latent/step_size_mean"] = sizes.mean()
+            metrics["latent/step_size_min"] = sizes.min()
+            metrics["latent/step_size_max"] = sizes.max()
         optimizer = self.optimizers()
         history = []
         target_kl = self.hparams.target_kl
