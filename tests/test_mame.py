@@ -80,6 +80,18 @@ def test_the_batched_inner_step_on_z_equals_a_per_task_loop():
     assert not torch.allclose(adapted["latent"][0], adapted["latent"][1])
 
 
+def test_the_normalised_inner_step_moves_z_by_alpha_along_each_tasks_gradient():
+    plain, normalised = tiny_mame(), tiny_mame(normalize_inner_step=True, inner_lr=0.3)
+    state, batch = exploration_batch(plain)
+    step = plain.inner_step(state, batch, create_graph=False)["latent"]  # -0.1 * g_i
+    moved = normalised.inner_step(state, batch, create_graph=False)["latent"]
+    torch.testing.assert_close(moved.norm(dim=-1), torch.full((N_TASKS,), 0.3))
+    torch.testing.assert_close(moved, 0.3 * step / step.norm(dim=-1, keepdim=True))
+    assert step.norm(dim=-1).sub(0.1).abs().max() > 1e-3  # the plain step's length is not alpha
+    with pytest.raises(ConfigError, match="normalize_inner_step"):
+        tiny_mame(normalize_inner_step="yes")
+
+
 def test_meta_gradient_through_z_prime_wrt_theta_and_beta_matches_finite_differences():
     module = tiny_mame()
     meta_batch = double_meta_batch(module)
@@ -95,10 +107,13 @@ def test_meta_gradient_through_z_prime_wrt_theta_and_beta_matches_finite_differe
     assert_matches_finite_differences(objective, parameters, first_order)
 
 
-@pytest.mark.parametrize("learn_inner_lr", [False, True])
-def test_the_exploration_policy_gradient_of_r_mu_is_the_exact_dice_gradient(learn_inner_lr: bool):
+@pytest.mark.parametrize("learn_inner_lr,normalize_inner_step", [(False, False), (True, False), (False, True),
+                                                                  (True, True)])
+def test_the_exploration_policy_gradient_of_r_mu_is_the_exact_dice_gradient(learn_inner_lr: bool,
+                                                                           normalize_inner_step: bool):
     """Sum_t grad log mu(a_t|s_t) sum_{t' >= t} r^mu_t' (no baseline) = d J(z'(phi)) / d phi through the DiCE weights."""
-    module = tiny_mame(exploration_update="dice", learn_inner_lr=learn_inner_lr)
+    module = tiny_mame(exploration_update="dice", learn_inner_lr=learn_inner_lr,
+                       normalize_inner_step=normalize_inner_step)
     if learn_inner_lr:  # unequal step sizes per entry, so that alpha's place in r^mu is tested too
         with torch.no_grad():
             module.inner_step_sizes["latent"].copy_(torch.tensor([0.05, 0.1, 0.2, 0.4]))

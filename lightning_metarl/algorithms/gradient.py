@@ -194,7 +194,8 @@ class GradientMetaRLModule(MetaRLModule):
         ``fast_state`` has batch size ``[n_tasks]``; the sum of the per-task losses is
         differentiated once, giving each task its own gradient. With ``create_graph`` the result
         stays a differentiable function of the meta-parameters (MAML, Finn et al. 2017, Eq. 1).
-        ``step_scale`` multiplies alpha (the decaying steps of the meta-test protocol).
+        ``step_scale`` multiplies alpha (the decaying steps of the meta-test protocol); a subclass
+        may descend another direction than the gradient (:meth:`inner_direction`).
         ``inner_loss``: the per-task :meth:`inner_loss` of ``fast_state`` on ``batch`` if the
         caller already computed it from ``fast_state``'s own tensors (only with ``create_graph``;
         an outer loss that evaluates the policy on the same batch shares that evaluation).
@@ -208,8 +209,13 @@ class GradientMetaRLModule(MetaRLModule):
         grads = torch.autograd.grad(loss, [fast_state.get(k) for k in keys], create_graph=create_graph)
         adapted = fast_state.clone(recurse=False)
         for key, grad in zip(keys, grads):
-            adapted.set(key, fast_state.get(key) - self.inner_step_size(key) * step_scale * grad)
+            direction = self.inner_direction(key, grad)
+            adapted.set(key, fast_state.get(key) - self.inner_step_size(key) * step_scale * direction)
         return adapted if create_graph else adapted.detach()
+
+    def inner_direction(self, key: tuple[str, ...] | str, grad: torch.Tensor) -> torch.Tensor:
+        """The direction the inner step descends for the fast-state entry ``key``, given its per-task gradient: the gradient itself here."""
+        return grad
 
     def inner_step_size(self, key: tuple[str, ...] | str) -> torch.Tensor | float:
         """alpha for the fast-state entry ``key``: a learned tensor of its shape, or the constant ``inner_lr``."""

@@ -105,6 +105,13 @@ class MAME(GradientMetaRLModule):
             averaged over ranks) exceeds ``1.5 * target_kl`` (the early stopping of
             Stable-Baselines3's PPO). Neither the paper nor the authors' code stops early
             (``None``); ``ppo/outer_steps`` logs the steps taken.
+        normalize_inner_step: descend the unit direction ``g_i / ||g_i||`` of each task's inner
+            gradient ``g_i = grad_z L_in,i``, so that ``||z' - z|| = alpha`` for every task
+            (normalised gradient descent; not in the paper, which takes the plain gradient step,
+            ``False``). The meta-gradient can then turn the step but not shrink it: a run cannot
+            settle where ``z`` barely moves and ``pi_theta,z'`` learns to ignore it. ``r^mu`` follows
+            (``z' - z = -alpha g / ||g||`` has ``d z' = -alpha (I - g g^T / ||g||^2) d g / ||g||``,
+            so ``r^mu_t = -(1 / (K ||g||)) (grad_z l_t)^T (I - g g^T / ||g||^2) (alpha * grad_z' J)``).
         **kwargs: see :class:`~lightning_metarl.algorithms.gradient.GradientMetaRLModule`
             (``hidden_sizes`` and ``activation`` shape all three networks).
     """
@@ -122,6 +129,7 @@ class MAME(GradientMetaRLModule):
         feature_size: int = 64,
         max_grad_norm: float | None = None,
         target_kl: float | None = None,
+        normalize_inner_step: bool = False,
         **kwargs: Any,
     ) -> None:
         for name, value in (("latent_size", latent_size), ("n_step", n_step), ("num_outer_steps", num_outer_steps),
@@ -139,6 +147,8 @@ class MAME(GradientMetaRLModule):
             raise ConfigError(f"model.max_grad_norm must be positive or null, got {max_grad_norm}")
         if target_kl is not None and not target_kl > 0:
             raise ConfigError(f"model.target_kl must be positive or null, got {target_kl}")
+        if not isinstance(normalize_inner_step, bool):
+            raise ConfigError(f"model.normalize_inner_step must be true or false, got {normalize_inner_step!r}")
         kwargs.setdefault("outer_lr", 7e-4)
         super().__init__(*args, **kwargs)
         hp = self.hparams
@@ -203,6 +213,12 @@ class MAME(GradientMetaRLModule):
         error = (prediction - batch.get(TARGET)).pow(2).sum(-1)
         return zero_padding(error, mask)
 
+    def inner_direction(self, key: tuple[str, ...] | str, grad: torch.Tensor) -> torch.Tensor:
+        """Each task's gradient on ``z``, or with ``normalize_inner_step`` its unit direction (0 where it is 0)."""
+        if not self.hparams.normalize_inner_step:
+            return grad
+        return grad / grad.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)
+
     def inner_loss(self, fast_state: TensorDictBase, batch: TensorDictBase) -> torch.Tensor:
         """``mean_t magic_box(tau_t) l_t(z)`` per task (Eq. 4 with DiCE); its value is the plain mean of ``l_t``.
 
@@ -226,7 +242,8 @@ class MAME(GradientMetaRLModule):
     def exploration_rewards(self, meta_batch: MetaBatch) -> torch.Tensor:
         """``r^mu_t = -(alpha / K) (grad_z' J)^T grad_z l_t`` for every exploration step, ``[n_tasks, rollouts, T]``.
 
-        See the class docstring for the derivation; 0 on padding.
+        See the class docstring for the derivation (and ``normalize_inner_step`` for its form with
+        a normalised inner step); 0 on padding.
         """
         batch = meta_batch.pre_update[0]
         mask = batch.get("mask")
@@ -237,6 +254,14 @@ class MAME(GradientMetaRLModule):
             (grad_adapted,) = torch.autograd.grad(objective, [adapted.get(LATENT)])
         tangent = (self.inner_step_size(LATENT) * grad_adapted).detach()
         latent = meta_batch.fast_states[0].get(LATENT).detach()
+        if self.hparams.normalize_inner_step:  # d (g / ||g||) = (I - g g^T / ||g||^2) d g / ||g||
+            start = latent.clone().requires_grad_(True)
+            with torch.enable_grad():
+                loss = per_task_mean(self.step_losses(start, batch), mask).sum()
+                (grad,) = torch.autograd.grad(loss, [start])
+            norm = grad.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)
+            unit = grad / norm
+            tangent = (tangent - unit * (unit * tangent).sum(-1, keepdim=True)) / norm
         _, derivative = torch.func.jvp(lambda z: self.step_losses(z, batch), (latent,), (tangent,))
         count = valid(mask).to(derivative.dtype).sum(SAMPLE_DIMS).clamp_min(1)
         return zero_padding(-derivative.detach() / count[:, None, None], mask)
