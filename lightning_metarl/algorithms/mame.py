@@ -106,10 +106,11 @@ class MAME(GradientMetaRLModule):
             Stable-Baselines3's PPO). Neither the paper nor the authors' code stops early
             (``None``); ``ppo/outer_steps`` logs the steps taken.
         normalize_inner_step: descend the unit direction ``g_i / ||g_i||`` of each task's inner
-            gradient ``g_i = grad_z L_in,i``, so that ``||z' - z|| = alpha`` for every task
-            (normalised gradient descent; not in the paper, which takes the plain gradient step,
-            ``False``). The meta-gradient can then turn the step but not shrink it: a run cannot
-            settle where ``z`` barely moves and ``pi_theta,z'`` learns to ignore it. ``r^mu`` follows
+            gradient ``g_i = grad_z L_in,i``, so that ``||z' - z|| = alpha`` for every task (with
+            ``learn_inner_lr``, ``z' - z = -alpha * g_i / ||g_i||`` entrywise; normalised gradient
+            descent; not in the paper, which takes the plain gradient step, ``False``). The
+            meta-gradient can then turn the step but not shrink it: a run cannot settle where
+            ``z`` barely moves (``pi_theta,z'`` may still learn to ignore it). ``r^mu`` follows
             (``z' - z = -alpha g / ||g||`` has ``d z' = -alpha (I - g g^T / ||g||^2) d g / ||g||``,
             so ``r^mu_t = -(1 / (K ||g||)) (grad_z l_t)^T (I - g g^T / ||g||^2) (alpha * grad_z' J)``).
         **kwargs: see :class:`~lightning_metarl.algorithms.gradient.GradientMetaRLModule`
