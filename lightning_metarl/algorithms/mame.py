@@ -261,7 +261,7 @@ class MAME(GradientMetaRLModule):
                 loss = per_task_mean(self.step_losses(start, batch), mask).sum()
                 (grad,) = torch.autograd.grad(loss, [start])
             norm = grad.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)
-            unit = grad / norm
+            unit = self.inner_direction(LATENT, grad)
             tangent = (tangent - unit * (unit * tangent).sum(-1, keepdim=True)) / norm
         _, derivative = torch.func.jvp(lambda z: self.step_losses(z, batch), (latent,), (tangent,))
         count = valid(mask).to(derivative.dtype).sum(SAMPLE_DIMS).clamp_min(1)
